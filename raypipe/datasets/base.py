@@ -1,0 +1,139 @@
+"""The contract every dataset adapter implements.
+
+An adapter turns a dataset root in its *native* layout into :class:`Sample`
+records. It never decodes media: preprocessing reads bytes (images) or frames
+(videos, HDF5) inside the Ray Data pipeline, one file at a time.
+
+Adding an adapter is one new module under ``raypipe/datasets/`` with a
+subclass of :class:`DatasetAdapter`, plus one line in
+``raypipe/datasets/__init__.py``'s ``ADAPTERS`` table.
+"""
+
+from __future__ import annotations
+
+import abc
+import hashlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Iterator
+
+LIVE, ATTACK = 0, 1
+SPLITS = ("train", "dev", "test")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+VIDEO_EXTENSIONS = (".avi", ".mov", ".mp4", ".mkv", ".webm", ".m4v", ".wmv")
+
+
+class DatasetLayoutError(ValueError):
+    """The root does not look like the dataset's layout (missing lists, bad names)."""
+
+
+def sample_id(dataset: str, rel_path: str, frame_index: int = -1) -> str:
+    """Stable id of one sample: dataset + relative path (POSIX) + frame index."""
+    key = f"{dataset}\x1f{Path(rel_path).as_posix()}\x1f{int(frame_index)}"
+    return hashlib.sha1(key.encode("utf-8")).hexdigest()[:20]
+
+
+@dataclass
+class Sample:
+    """One input of a dataset: a still image, or a whole video before frame sampling.
+
+    ``media`` is ``"image"``, ``"video"`` (anything OpenCV's VideoCapture reads) or
+    ``"hdf5"`` (3DMAD-style frame arrays). Videos are listed once with
+    ``frame_index=-1``; preprocessing expands them into frames and gives each
+    frame its own ``sample_id``.
+    """
+
+    dataset: str
+    split: str
+    subject: str
+    label: int
+    attack_type: str
+    path: str  # absolute path (or URI) used to read the file
+    rel_path: str  # path relative to the dataset root, POSIX separators; part of the id
+    media: str = "image"
+    frame_index: int = -1
+    extras: dict[str, Any] = field(default_factory=dict)
+    sample_id: str = ""
+
+    def __post_init__(self) -> None:
+        if self.label not in (LIVE, ATTACK):
+            raise ValueError(f"label must be 0 (live) or 1 (attack), got {self.label!r}")
+        if self.split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
+        if self.media not in ("image", "video", "hdf5"):
+            raise ValueError(f"unknown media {self.media!r}")
+        self.rel_path = Path(self.rel_path).as_posix()
+        if not self.sample_id:
+            self.sample_id = sample_id(self.dataset, self.rel_path, self.frame_index)
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class ScanReport:
+    """What an adapter saw: files a protocol lists that the disk lacks, files skipped."""
+
+    missing: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+
+    def summary(self, examples: int = 5) -> dict[str, Any]:
+        return {
+            "missing": len(self.missing),
+            "missing_examples": self.missing[:examples],
+            "skipped": len(self.skipped),
+            "skipped_examples": self.skipped[:examples],
+        }
+
+
+class DatasetAdapter(abc.ABC):
+    """Base class: subclasses set ``name`` and implement :meth:`scan`.
+
+    ``options`` are adapter-specific keyword arguments (for example OULU-NPU's
+    ``protocol`` and ``fold``); unknown options raise ``TypeError`` early.
+    """
+
+    name: ClassVar[str]
+    #: option name -> default; documented in each adapter's docstring.
+    default_options: ClassVar[dict[str, Any]] = {}
+
+    def __init__(self, root: str | Path, **options: Any) -> None:
+        unknown = set(options) - set(self.default_options)
+        if unknown:
+            raise TypeError(
+                f"{self.name}: unknown option(s) {sorted(unknown)}; known: {sorted(self.default_options)}"
+            )
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise DatasetLayoutError(f"{self.name}: dataset root {self.root} is not a directory")
+        self.options = {**self.default_options, **options}
+        self.report = ScanReport()
+
+    @abc.abstractmethod
+    def scan(self) -> Iterator[Sample]:
+        """Yield every sample of every split, recording missing files in ``self.report``."""
+
+    def samples(self, split: str = "all") -> list[Sample]:
+        """Samples of one split (``train``/``dev``/``test``) or ``all``, sorted by id."""
+        if split != "all" and split not in SPLITS:
+            raise ValueError(f"split must be one of {SPLITS + ('all',)}, got {split!r}")
+        self.report = ScanReport()
+        out = [s for s in self.scan() if split == "all" or s.split == split]
+        return sorted(out, key=lambda s: (s.split, s.rel_path, s.frame_index))
+
+    # helpers shared by adapters -------------------------------------------------
+    def rel(self, path: Path) -> str:
+        return path.relative_to(self.root).as_posix()
+
+    def make(self, path: Path, **fields: Any) -> Sample:
+        """Build a Sample for a file under the root (absolute path and rel_path filled in)."""
+        return Sample(dataset=self.name, path=str(path), rel_path=self.rel(path), **fields)
+
+
+def media_of(path: str | Path) -> str:
+    suffix = Path(path).suffix.lower()
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    if suffix in (".h5", ".hdf5"):
+        return "hdf5"
+    return "image"

@@ -1,0 +1,282 @@
+"""Ray Data: dataset samples -> face crops -> Parquet (DESIGN section 5).
+
+Layout of the output directory::
+
+    OUT/crops/dataset=<name>/split=<split>/*.parquet     one row per face crop
+    OUT/rejects/dataset=<name>/split=<split>/*.parquet   one row per input without a crop
+    OUT/manifest.json                                    summary of the last run per dataset
+
+Every input ends up in exactly one of the two tables (rows + rejects = inputs): errors
+are caught per file inside the actor, so a corrupt file never fails a block and never
+drops its neighbours (Ray Data's ``max_errored_blocks`` would drop whole blocks).
+A run writes into a staging directory and then swaps in the (dataset, split)
+partitions it covers, so re-running over the same output replaces rather than
+duplicates, and a crashed run leaves the previous output intact.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raypipe.datasets import get_adapter
+from raypipe.face import FaceConfig, FaceError, FacePipeline
+
+log = logging.getLogger(__name__)
+
+CROPS_DIR, REJECTS_DIR = "crops", "rejects"
+
+OUTPUT_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
+    ("subject", pa.string()), ("label", pa.int8()), ("attack_type", pa.string()),
+    ("path", pa.string()), ("rel_path", pa.string()), ("media", pa.string()),
+    ("frame_index", pa.int32()), ("extras", pa.string()),
+    ("crop", pa.binary()), ("crop_format", pa.string()), ("crop_size", pa.int16()),
+    ("box", pa.list_(pa.int32())), ("crop_box", pa.list_(pa.int32())),
+    ("det_score", pa.float32()), ("keypoints", pa.list_(pa.float32())), ("n_faces", pa.int16()),
+    ("source_width", pa.int32()), ("source_height", pa.int32()),
+    ("pipeline_version", pa.string()),
+    ("status", pa.string()), ("reject_reason", pa.string()), ("reject_message", pa.string()),
+])
+SAMPLE_COLUMNS = ["sample_id", "dataset", "split", "subject", "label", "attack_type",
+                  "path", "rel_path", "media", "frame_index", "extras"]
+
+
+@dataclass
+class PreprocessConfig:
+    dataset: str
+    root: str
+    out: str
+    split: str = "all"
+    frames_per_video: int | None = 5  # N evenly spaced frames per video ...
+    every: int | None = None  # ... or every k-th frame (wins when set)
+    limit: int | None = None  # a deterministic pseudo-random subset (ids are hashes)
+    face: FaceConfig = field(default_factory=FaceConfig)
+    workers: int | None = None  # face-cropper actors; default: the cluster's CPUs
+    cpus_per_worker: float = 0.75  # fractional so writers still get CPU on a 2-core laptop
+    batch_size: int = 16
+    adapter_options: dict[str, Any] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------
+# Per-record work (runs inside the Ray actors; plain Python, testable without Ray)
+
+
+def read_bytes(path: str) -> bytes:
+    """Local path or any URI pyarrow understands (s3://, gs://, hdfs://)."""
+    if "://" not in path:
+        with open(path, "rb") as handle:
+            return handle.read()
+    from pyarrow import fs
+
+    filesystem, inner = fs.FileSystem.from_uri(path)
+    with filesystem.open_input_stream(inner) as stream:
+        return stream.read()
+
+
+def frame_sample_id(record: dict, frame_index: int) -> str:
+    from raypipe.datasets import sample_id
+
+    return sample_id(record["dataset"], record["rel_path"], frame_index)
+
+
+class FaceCropper:
+    """Ray Data callable class: one FacePipeline (one detector) per actor, reused."""
+
+    def __init__(self, face_config: FaceConfig, frames_per_video: int | None = 5, every: int | None = None) -> None:
+        import cv2
+
+        cv2.setNumThreads(1)  # one actor per core: OpenCV's own threads only oversubscribe
+        self.pipeline = FacePipeline(face_config)
+        self.frames_per_video, self.every = frames_per_video, every
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows: list[dict] = []
+        for record in batch.to_pylist():
+            rows.extend(self.process_record(record))
+        return pa.Table.from_pylist(rows, schema=OUTPUT_SCHEMA)
+
+    def process_record(self, record: dict) -> Iterator[dict]:
+        if record["media"] == "image":
+            yield self._image_row(record)
+        else:
+            yield from self._video_rows(record)
+
+    def _image_row(self, record: dict) -> dict:
+        try:
+            data = read_bytes(record["path"])
+        except OSError as exc:
+            return reject_row(record, "read_error", f"{type(exc).__name__}: {exc.strerror or exc}")
+        return self._crop_row(record, data)
+
+    def _video_rows(self, record: dict) -> Iterator[dict]:
+        from raypipe.datasets.frames import FrameReadError, iter_frames
+
+        frames = iter_frames(record["path"], record["media"], self.frames_per_video, self.every)
+        try:
+            for frame_index, frame in frames:
+                frame_record = {**record, "frame_index": frame_index,
+                                "sample_id": frame_sample_id(record, frame_index)}
+                yield self._crop_row(frame_record, frame)
+        except (FrameReadError, OSError) as exc:  # one bad video never stops the job
+            yield reject_row(record, "read_error", str(exc))
+
+    def _crop_row(self, record: dict, data: Any) -> dict:
+        try:
+            result = self.pipeline.process(data)
+        except FaceError as exc:
+            return reject_row(record, exc.reason, str(exc))
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one file must not kill the job
+            log.warning("unexpected error on %s: %s", record["rel_path"], type(exc).__name__)
+            return reject_row(record, "internal_error", f"{type(exc).__name__}: {exc}")
+        primary = result.primary
+        config = self.pipeline.config
+        return {**record, "crop": self.pipeline.encode(primary.crop), "crop_format": config.crop_format,
+                "crop_size": config.crop_size, "box": list(primary.box), "crop_box": list(primary.crop_box),
+                "det_score": primary.det_score,
+                "keypoints": [c for point in primary.detection.keypoints for c in point],
+                "n_faces": len(result.detections), "source_width": result.source_width,
+                "source_height": result.source_height, "pipeline_version": self.pipeline.version,
+                "status": "ok", "reject_reason": None, "reject_message": None}
+
+
+def reject_row(record: dict, reason: str, message: str) -> dict:
+    return {**record, "status": "rejected", "reject_reason": reason, "reject_message": message[:500]}
+
+
+# --------------------------------------------------------------------------------------
+# Driver side
+
+
+def list_samples(config: PreprocessConfig) -> tuple[list[dict], dict]:
+    """Sample records (JSON-able dicts) and the adapter's scan report."""
+    adapter = get_adapter(config.dataset, config.root, **config.adapter_options)
+    samples = adapter.samples(config.split)
+    if config.limit is not None:
+        samples = sorted(samples, key=lambda s: s.sample_id)[: config.limit]
+    records = []
+    for sample in samples:
+        record = sample.to_record()
+        record["extras"] = json.dumps(record["extras"], sort_keys=True)
+        records.append({k: record[k] for k in SAMPLE_COLUMNS})
+    return records, adapter.report.summary()
+
+
+def _ray_init(address: str | None) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 local clusters: see DESIGN 9
+    ray.init(address=address, include_dashboard=False, log_to_driver=False,
+             configure_logging=True, logging_level=logging.WARNING)
+
+
+def run_preprocess(config: PreprocessConfig, address: str | None = None) -> dict:
+    """Run the whole job; returns the summary dict the CLI prints as one JSON line."""
+    import ray
+
+    started = time.perf_counter()
+    records, scan_report = list_samples(config)
+    if not records:
+        raise ValueError(f"{config.dataset}: no samples for split {config.split!r} under {config.root}")
+    _ray_init(address)
+    out = Path(config.out).expanduser().resolve()
+    staging = out / f"_staging-{uuid.uuid4().hex[:8]}"
+    pipeline_started = time.perf_counter()
+    try:
+        _write_staging(records, config, staging, ray)
+        partitions = {(r["dataset"], r["split"]) for r in records}
+        _swap_in(staging, out, partitions)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    seconds = time.perf_counter() - pipeline_started
+    summary = summarize(out, partitions, records, scan_report, seconds, time.perf_counter() - started)
+    _write_manifest(out, config, summary)
+    return summary
+
+
+def _write_staging(records: list[dict], config: PreprocessConfig, staging: Path, ray) -> None:
+    workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    has_video = any(r["media"] != "image" for r in records)
+    batch_size = 1 if has_video else config.batch_size  # one video at a time per actor
+    blocks = max(workers * 4, len(records) // max(batch_size * 4, 1))
+    dataset = ray.data.from_items(records, override_num_blocks=min(blocks, len(records)))
+    crops = dataset.map_batches(
+        FaceCropper,
+        fn_constructor_args=(config.face, config.frames_per_video, config.every),
+        batch_size=batch_size, batch_format="pyarrow",
+        concurrency=workers, num_cpus=config.cpus_per_worker,
+    )
+    crops.write_parquet(str(staging), partition_cols=["status", "dataset", "split"],
+                        ray_remote_args={"num_cpus": 0.25})
+
+
+def _partition_dir(base: Path, dataset: str, split: str) -> Path:
+    return base / f"dataset={dataset}" / f"split={split}"
+
+
+def _swap_in(staging: Path, out: Path, partitions: set[tuple[str, str]]) -> None:
+    """Replace each covered (dataset, split) partition of crops/ and rejects/ by the new one."""
+    for status, table in (("ok", CROPS_DIR), ("rejected", REJECTS_DIR)):
+        for dataset, split in partitions:
+            target = _partition_dir(out / table, dataset, split)
+            if target.exists():
+                shutil.rmtree(target)
+            source = _partition_dir(staging / f"status={status}", dataset, split)
+            if source.exists():
+                target.parent.mkdir(parents=True, exist_ok=True)
+                os.replace(source, target)
+
+
+def _read_partition(base: Path, dataset: str, split: str, columns: list[str]) -> pa.Table:
+    directory = _partition_dir(base, dataset, split)
+    files = sorted(directory.glob("*.parquet")) if directory.exists() else []
+    if not files:
+        return pa.table({c: pa.array([], type=OUTPUT_SCHEMA.field(c).type) for c in columns})
+    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+
+
+def summarize(out: Path, partitions: set[tuple[str, str]], records: list[dict], scan_report: dict,
+              seconds: float, total_seconds: float) -> dict:
+    """Counts read back from the written files, with the rows + rejects = inputs check."""
+    row_ids, reject_ids, reasons = [], [], Counter()
+    for dataset, split in sorted(partitions):
+        row_ids += _read_partition(out / CROPS_DIR, dataset, split, ["sample_id"]).column("sample_id").to_pylist()
+        rejects = _read_partition(out / REJECTS_DIR, dataset, split, ["sample_id", "reject_reason"])
+        reject_ids += rejects.column("sample_id").to_pylist()
+        reasons.update(rejects.column("reject_reason").to_pylist())
+    image_ids = {r["sample_id"] for r in records if r["media"] == "image"}
+    written = row_ids + reject_ids
+    if len(set(written)) != len(written) or not image_ids <= set(written):
+        raise RuntimeError(f"output check failed: {len(written)} written ids, {len(set(written))} distinct, "
+                           f"{len(image_ids - set(written))} image inputs unaccounted for")
+    inputs = len(written)
+    return {"inputs": inputs, "rows": len(row_ids), "rejected": len(reject_ids),
+            "by_reason": dict(sorted(reasons.items())), "seconds": round(seconds, 3),
+            "images_per_second": round(inputs / seconds, 2) if seconds > 0 else None,
+            "output": str(out), "samples": len(records),
+            "videos": sum(1 for r in records if r["media"] != "image"),
+            "listed_but_missing": scan_report, "total_seconds": round(total_seconds, 3)}
+
+
+def _write_manifest(out: Path, config: PreprocessConfig, summary: dict) -> None:
+    path = out / "manifest.json"
+    manifest = json.loads(path.read_text()) if path.exists() else {}
+    face = asdict(config.face)
+    manifest[config.dataset] = {"summary": summary, "split": config.split, "root": str(config.root),
+                                "face": face, "pipeline_version": config.face.version(),
+                                "frames_per_video": config.frames_per_video, "every": config.every}
+    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))

@@ -1,0 +1,40 @@
+"""Shared fixtures: one real local Ray cluster per test session, real MLflow stores."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 local clusters (DESIGN 9)
+os.environ.setdefault("GLOG_minloglevel", "2")
+
+NUAA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nuaa"
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """One local Ray cluster for the whole session (start-up takes 5-10 s here)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def face_pipeline():
+    from raypipe.face import FacePipeline
+
+    pipeline = FacePipeline()
+    yield pipeline
+    pipeline.close()
+
+
+@pytest.fixture(scope="session")
+def nuaa_root() -> Path:
+    if not (NUAA_ROOT / "client_train_raw.txt").is_file():
+        pytest.skip("../shared/datasets/nuaa is not beside the project")
+    return NUAA_ROOT
