@@ -32,6 +32,7 @@ import pyarrow.parquet as pq
 
 from raypipe.datasets import get_adapter
 from raypipe.face import FaceConfig, FaceError, FacePipeline
+from raypipe.runtime import init_ray
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +124,8 @@ class FaceCropper:
     def _video_rows(self, record: dict) -> Iterator[dict]:
         from raypipe.datasets.frames import FrameReadError, iter_frames
 
-        frames = iter_frames(record["path"], record["media"], self.frames_per_video, self.every)
+        hdf5_key = json.loads(record["extras"] or "{}").get("hdf5_key")  # configurable HDF5 layouts
+        frames = iter_frames(record["path"], record["media"], self.frames_per_video, self.every, hdf5_key=hdf5_key)
         try:
             for frame_index, frame in frames:
                 frame_record = {**record, "frame_index": frame_index,
@@ -173,17 +175,6 @@ def list_samples(config: PreprocessConfig) -> tuple[list[dict], dict]:
     return records, adapter.report.summary()
 
 
-def _ray_init(address: str | None) -> None:
-    import ray
-
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 local clusters: see DESIGN 9
-    ray.init(address=address, include_dashboard=False, log_to_driver=False,
-             configure_logging=True, logging_level=logging.WARNING)
-
-
 def run_preprocess(config: PreprocessConfig, address: str | None = None) -> dict:
     """Run the whole job; returns the summary dict the CLI prints as one JSON line."""
     import ray
@@ -192,7 +183,7 @@ def run_preprocess(config: PreprocessConfig, address: str | None = None) -> dict
     records, scan_report = list_samples(config)
     if not records:
         raise ValueError(f"{config.dataset}: no samples for split {config.split!r} under {config.root}")
-    _ray_init(address)
+    init_ray(address)
     out = Path(config.out).expanduser().resolve()
     staging = out / f"_staging-{uuid.uuid4().hex[:8]}"
     pipeline_started = time.perf_counter()

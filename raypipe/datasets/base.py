@@ -123,11 +123,15 @@ class DatasetAdapter(abc.ABC):
 
     # helpers shared by adapters -------------------------------------------------
     def rel(self, path: Path) -> str:
-        return path.relative_to(self.root).as_posix()
+        """Path relative to the root; files outside it (CSV manifests may point anywhere) keep their full path."""
+        try:
+            return path.resolve().relative_to(self.root).as_posix()
+        except ValueError:
+            return path.resolve().as_posix()
 
-    def make(self, path: Path, **fields: Any) -> Sample:
+    def make(self, path: Path, dataset: str | None = None, **fields: Any) -> Sample:
         """Build a Sample for a file under the root (absolute path and rel_path filled in)."""
-        return Sample(dataset=self.name, path=str(path), rel_path=self.rel(path), **fields)
+        return Sample(dataset=dataset or self.name, path=str(path), rel_path=self.rel(path), **fields)
 
 
 def media_of(path: str | Path) -> str:

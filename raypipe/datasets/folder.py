@@ -85,10 +85,9 @@ class FolderAdapter(DatasetAdapter):
         return match.group("subject") if match else path.parent.name
 
     def _sample(self, path: Path, split: str, label: int, attack_type: str, subject: str | None = None) -> Sample:
-        sample = self.make(path, split=split, subject=subject or self._subject(path), label=label,
-                           attack_type=attack_type, media=media_of(path))
-        sample.dataset = self.options["dataset_name"]
-        return sample
+        return self.make(path, dataset=self.options["dataset_name"], split=split,
+                         subject=subject or self._subject(path), label=label, attack_type=attack_type,
+                         media=media_of(path))
 
     def _scan_manifest(self, manifest: Path) -> Iterator[Sample]:
         manifest = manifest if manifest.is_absolute() else self.root / manifest
