@@ -104,7 +104,66 @@ def cmd_demo_data(args: argparse.Namespace) -> dict:
     return make_demo_dataset(args.out, seed=args.seed)
 
 
-PARSERS = [add_preprocess, add_fetch_models, add_demo_data]
+def add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a detector on Parquet crops (Ray Train), log to MLflow, register")
+    p.add_argument("--data", required=True, help="preprocess output directory (or its crops/ folder)")
+    p.add_argument("--model", default="attacknet", help="attacknet, resnet18, mobilenet_v3_small, shufflenet_v2_x0_5")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=10, help="early stopping on dev loss")
+    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP)")
+    p.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="use GPUs (default: when the cluster has them)")
+    p.add_argument("--loss", default="ce", help="ce, am_softmax, ce+0.1*similarity, ...")
+    p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    p.add_argument("--pretrained", default=None, help="'imagenet' (if cached locally) or a weights file")
+    p.add_argument("--datasets", default=None, help="comma-separated datasets of the data directory")
+    p.add_argument("--threshold-rule", default="eer", help="eer or apcer:<target>, chosen on dev")
+    p.add_argument("--experiment", default="raypipe")
+    p.add_argument("--run-name", default=None)
+    p.add_argument("--register", default=None, help="registered model name")
+    p.add_argument("--promote", action="store_true", help="move the 'champion' alias to the new version")
+    p.add_argument("--storage-path", default=None, help="Ray Train checkpoints (local, NFS, s3://)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+
+
+@command("train")
+def cmd_train(args: argparse.Namespace) -> dict:
+    from raypipe.models import AugmentConfig
+    from raypipe.train import TrainConfig, run_training
+
+    config = TrainConfig(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                         lr=args.lr, patience=args.patience, workers=args.workers, use_gpu=args.use_gpu,
+                         loss=args.loss, augment=AugmentConfig(enabled=not args.no_augment),
+                         pretrained=args.pretrained, datasets=split_list(args.datasets),
+                         threshold_rule=args.threshold_rule, experiment=args.experiment, run_name=args.run_name,
+                         register=args.register, promote=args.promote, storage_path=args.storage_path, seed=args.seed)
+    return run_training(config, address=args.address)
+
+
+def split_list(value: str | None) -> list[str] | None:
+    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
+
+def add_mlflow_ui(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("mlflow-ui", help="start the MLflow UI on the project's tracking store")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--host", default="127.0.0.1")
+
+
+@command("mlflow-ui")
+def cmd_mlflow_ui(args: argparse.Namespace) -> None:
+    from raypipe.models.store import default_tracking_uri
+
+    uri = default_tracking_uri()
+    print(f"MLflow UI on http://{args.host}:{args.port} (store {uri})", file=sys.stderr)
+    os.execvp(sys.executable, [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri,
+                               "--host", args.host, "--port", str(args.port)])
+
+
+PARSERS = [add_preprocess, add_train, add_mlflow_ui, add_fetch_models, add_demo_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -110,8 +110,14 @@ class FaceClassifier(nn.Module):
         embedding = self.forward_features(x)
         return self.head(self.dropout(embedding)), embedding
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_with_embeddings(x)[0]
+    def forward(self, x: torch.Tensor, return_embeddings: bool = False):
+        """Logits; ``(logits, embedding)`` with ``return_embeddings=True``.
+
+        The flag exists for DDP: gradients are only synchronised through ``forward``,
+        so training must get the embeddings (for similarity losses) from this call.
+        """
+        logits, embedding = self.forward_with_embeddings(x)
+        return (logits, embedding) if return_embeddings else logits
 
     def gradcam_target_layer(self) -> nn.Module:
         return self.get_submodule(self.gradcam_layer)

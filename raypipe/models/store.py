@@ -1,0 +1,145 @@
+"""Models in the MLflow registry: the one contract between training and serving.
+
+Training logs a model with :func:`log_and_register`; evaluation and serving load it
+with :func:`load_model` from any of ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
+``runs:/RUN_ID/model`` or a bare run id. The operating threshold (chosen on the dev
+split) travels with the model version as the tag ``threshold``; the architecture
+name, head type and face ``pipeline_version`` travel as tags too, so a server can
+refuse a model trained on crops it does not produce.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from raypipe.models.base import ModelSpec, unwrap_model
+
+log = logging.getLogger(__name__)
+
+CHAMPION = "champion"
+ARTIFACT_NAME = "model"
+TRACKING_ENV = "MLFLOW_TRACKING_URI"
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` or a local SQLite store under the project's data directory."""
+    if os.environ.get(TRACKING_ENV):
+        return os.environ[TRACKING_ENV]
+    data_dir = Path(os.environ.get("RAYPIPE_DATA_DIR", Path.cwd() / "data")).resolve()
+    data_dir.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{data_dir / 'mlflow.db'}"
+
+
+def configure_tracking(uri: str | None = None) -> str:
+    import mlflow
+
+    uri = uri or default_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def ensure_experiment(name: str) -> str:
+    """Experiment id; a new experiment on a local SQLite store keeps its artifacts beside
+    the database (MLflow's default would be ./mlruns of whatever the working directory is)."""
+    import mlflow
+
+    existing = mlflow.get_experiment_by_name(name)
+    if existing is not None:
+        return existing.experiment_id
+    uri = mlflow.get_tracking_uri()
+    location = None
+    if uri.startswith("sqlite:///"):
+        location = (Path(uri.removeprefix("sqlite:///")).parent / "mlartifacts" / name).as_uri()
+    return mlflow.create_experiment(name, artifact_location=location)
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    spec: ModelSpec
+    threshold: float
+    name: str  # registered name, or the run id for an unregistered run model
+    version: str | None
+    uri: str
+    run_id: str | None
+    tags: dict[str, str]
+
+
+def log_and_register(model: nn.Module, *, threshold: float, register_as: str | None,
+                     promote: bool = False, extra_tags: dict[str, str] | None = None) -> tuple[str, str | None]:
+    """Log ``model`` to the active run (signature + input example) and register it.
+
+    Returns ``(model_uri, version)``; ``version`` is None when ``register_as`` is None.
+    """
+    import mlflow
+    from mlflow.models import infer_signature
+
+    model = unwrap_model(model).to("cpu").eval()
+    spec: ModelSpec = model.spec
+    example = np.zeros((1, 3, spec.input_size, spec.input_size), dtype=np.float32)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
+    tags = {"threshold": repr(float(threshold)), "architecture": spec.name,
+            "head": type(model.head).__name__, **(extra_tags or {})}
+    # "pickle", not MLflow 3's default "pt2": torch.export pins the batch dimension to the
+    # example's and loads back an ExportedProgram; serving needs dynamic batches and the
+    # nn.Module (Grad-CAM hooks, .spec). Explicit requirements skip slow inference.
+    info = mlflow.pytorch.log_model(
+        model, name=ARTIFACT_NAME, signature=infer_signature(example, output), input_example=example,
+        serialization_format="pickle", code_paths=None,
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "raypipe"])
+    run_id = mlflow.active_run().info.run_id
+    mlflow.set_tags({f"model.{k}": v for k, v in tags.items()})
+    if not register_as:
+        return info.model_uri, None
+    version = mlflow.register_model(info.model_uri, register_as, tags=tags).version
+    if promote:
+        mlflow.MlflowClient().set_registered_model_alias(register_as, CHAMPION, version)
+    log.info("registered %s version %s (run %s)", register_as, version, run_id)
+    return f"models:/{register_as}/{version}", str(version)
+
+
+def _resolve(uri: str) -> tuple[str, str, str | None, str | None, dict[str, str]]:
+    """-> (load uri, display name, version, run id, tags) for any accepted model reference."""
+    import mlflow
+
+    client = mlflow.MlflowClient()
+    alias = re.fullmatch(r"models:/([^/@]+)@([\w-]+)", uri)
+    numbered = re.fullmatch(r"models:/([^/@]+)/(\d+)", uri)
+    if alias or numbered:
+        name = (alias or numbered).group(1)
+        mv = (client.get_model_version_by_alias(name, alias.group(2)) if alias
+              else client.get_model_version(name, numbered.group(2)))
+        return f"models:/{name}/{mv.version}", name, str(mv.version), mv.run_id, dict(mv.tags)
+    run_id = uri.split("/")[1] if uri.startswith("runs:/") else uri
+    if not re.fullmatch(r"[0-9a-f]{32}", run_id):
+        raise ValueError(f"model reference {uri!r}: use models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a run id")
+    run_tags = client.get_run(run_id).data.tags
+    tags = {k.removeprefix("model."): v for k, v in run_tags.items() if k.startswith("model.")}
+    return f"runs:/{run_id}/{ARTIFACT_NAME}", run_id, None, run_id, tags
+
+
+def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model and its operating threshold from the registry (or a run)."""
+    import mlflow
+
+    load_uri, name, version, run_id, tags = _resolve(uri)
+    model = mlflow.pytorch.load_model(load_uri, map_location=device).eval()
+    if "threshold" not in tags:
+        raise ValueError(f"{uri}: the model carries no 'threshold' tag; was it logged by raypipe train?")
+    return LoadedModel(model=model, spec=unwrap_model(model).spec, threshold=float(tags["threshold"]),
+                       name=name, version=version, uri=load_uri, run_id=run_id, tags=tags)
+
+
+def model_summary(loaded: LoadedModel) -> dict[str, Any]:
+    return {"name": loaded.name, "version": loaded.version, "threshold": loaded.threshold,
+            "architecture": loaded.spec.name, "pipeline_version": loaded.tags.get("pipeline_version")}

@@ -1,0 +1,389 @@
+"""Ray Train: a face anti-spoofing classifier from Parquet crops, tracked in MLflow.
+
+Read top to bottom:
+
+1. :func:`train_one_epoch` and :func:`evaluate` are plain PyTorch over any iterable
+   of batches (no Ray): tests and a GPU box without Ray call them directly.
+2. :func:`train_loop_per_worker` is the Ray Train V2 loop: DDP model, the dataset
+   shards, a checkpoint every epoch, resume from the latest checkpoint after a
+   worker failure, early stopping on dev loss. Rank 0 logs per-epoch curves to
+   the MLflow run the driver created (so a retry never makes a second run).
+3. :func:`run_training` (driver): plans train/dev by subject, builds the Ray
+   datasets, runs the ``TorchTrainer``, picks the operating threshold on dev,
+   logs artifacts, and registers the model with its threshold.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import numpy as np
+import torch
+from torch import nn
+
+from raypipe import metrics
+from raypipe.models import AugmentConfig, build_loss, build_transforms, create_model, get_spec, head_for_loss
+from raypipe.models.base import unwrap_model
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+
+
+@dataclass
+class TrainConfig:
+    data: str
+    model: str = "attacknet"
+    epochs: int = 100  # the paper's recipe: up to 100 epochs ...
+    batch_size: int = 64  # ... batch 64 ...
+    lr: float = 1e-3  # ... Adam 1e-3 ...
+    patience: int = 10  # ... early stopping on dev loss, patience 10
+    weight_decay: float = 0.0
+    workers: int = 2
+    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
+    loss: str = "ce"  # "ce", "am_softmax", "ce+0.1*similarity", ...
+    am_margin: float = 0.35
+    cosine_scale: float = 30.0
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    pretrained: str | None = None  # "imagenet" (if cached locally) or a weights file
+    datasets: list[str] | None = None  # train on these datasets of the Parquet directory
+    dev_fraction: float = 0.2  # subjects carved into dev where a dataset has no dev split
+    seed: int = 0
+    threshold_rule: str = "eer"  # or "apcer:0.05": the threshold at 5 % APCER on dev
+    experiment: str = "raypipe"
+    run_name: str | None = None
+    register: str | None = None
+    promote: bool = False
+    storage_path: str | None = None  # Ray Train checkpoints: local, NFS, s3://, gs://
+    max_failures: int = 2
+    tracking_uri: str | None = None
+
+
+# --------------------------------------------------------------------------------------
+# 1. Plain PyTorch: one epoch, one evaluation
+
+
+def collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
+    """Numpy batch from Ray Data or crops.iter_local_batches -> tensors (images stay uint8 BCHW)."""
+    return {"image": torch.from_numpy(np.ascontiguousarray(batch["image"])).movedim(-1, 1),
+            "label": torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)),
+            "attack_type": list(batch["attack_type"])}
+
+
+def _autocast(device: torch.device):
+    # bf16 autocast on CUDA (no GradScaler needed, unlike fp16); full precision on CPU.
+    return torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda")
+
+
+def train_one_epoch(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, optimizer: torch.optim.Optimizer,
+                    transform: nn.Module, device: torch.device) -> dict[str, float]:
+    """One pass over ``batches``; returns mean loss, accuracy and the number of samples."""
+    model.train()
+    total_loss, correct, seen = 0.0, 0, 0
+    for batch in batches:
+        images = transform(batch["image"].to(device, non_blocking=True))
+        labels = batch["label"].to(device, non_blocking=True)
+        with _autocast(device):
+            logits, embeddings = model(images, return_embeddings=True)
+            loss = loss_fn(logits.float(), embeddings.float(), labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total_loss += loss.item() * len(labels)
+        correct += (logits.argmax(1) == labels).sum().item()
+        seen += len(labels)
+    return {"loss": total_loss / max(seen, 1), "accuracy": correct / max(seen, 1), "n": seen}
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, transform: nn.Module,
+             device: torch.device) -> dict[str, Any]:
+    """Loss, accuracy and the per-sample spoof scores (softmax of the attack class)."""
+    model.eval()
+    total_loss, labels_all, scores_all, types_all = 0.0, [], [], []
+    for batch in batches:
+        images = transform(batch["image"].to(device, non_blocking=True))
+        labels = batch["label"].to(device, non_blocking=True)
+        with _autocast(device):
+            logits, embeddings = model(images, return_embeddings=True)
+        total_loss += loss_fn(logits.float(), embeddings.float(), labels).item() * len(labels)
+        scores_all.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
+        labels_all.append(labels.cpu().numpy())
+        types_all += batch["attack_type"]
+    labels_np = np.concatenate(labels_all) if labels_all else np.zeros(0, np.int64)
+    scores_np = np.concatenate(scores_all) if scores_all else np.zeros(0, np.float32)
+    n = len(labels_np)
+    return {"loss": total_loss / max(n, 1), "accuracy": float(((scores_np >= 0.5) == labels_np).mean()) if n else 0.0,
+            "n": n, "labels": labels_np, "scores": scores_np, "attack_types": np.array(types_all, dtype=object)}
+
+
+def dev_hter(result: dict[str, Any]) -> float | None:
+    """HTER at the dev EER threshold (None when dev lacks a class)."""
+    labels, scores = result["labels"], result["scores"]
+    if len(set(labels.tolist())) < 2:
+        return None
+    threshold = metrics.threshold_at_eer(labels, scores)
+    return metrics.far_frr_hter(labels, scores, threshold)["hter"]
+
+
+def build_model_and_loss(config: TrainConfig) -> tuple[nn.Module, nn.Module]:
+    head = head_for_loss(config.loss)
+    model = create_model(config.model, head=head, scale=config.cosine_scale, pretrained=config.pretrained)
+    return model, build_loss(config.loss, scale=config.cosine_scale, margin=config.am_margin)
+
+
+# --------------------------------------------------------------------------------------
+# 2. Ray Train V2 loop (runs on every worker)
+
+
+def _broadcast(value: float) -> float:
+    """Rank 0's value on every rank: the early-stopping decision must be identical on all
+    ranks or DDP deadlocks (ranks may differ slightly in BatchNorm statistics)."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64,
+                          device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())
+
+
+def _restore(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    """State after the latest checkpoint (fresh state when there is none)."""
+    import ray.train
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        return {"epoch": -1, "best_loss": float("inf"), "bad_epochs": 0, "history": [], "best": None, "restarts": 0}
+    with checkpoint.as_directory() as directory:
+        state = torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+    model.load_state_dict(state.pop("model"))
+    optimizer.load_state_dict(state.pop("optimizer"))
+    state["restarts"] = state.get("restarts", 0) + 1
+    log.warning("resuming from the checkpoint of epoch %d (restart %d)", state["epoch"], state["restarts"])
+    return state
+
+
+def _save_checkpoint(directory: str, model: nn.Module, optimizer: torch.optim.Optimizer, state: dict) -> None:
+    payload = {**state, "model": unwrap_model(model).state_dict(), "optimizer": optimizer.state_dict()}
+    torch.save(payload, Path(directory) / STATE_FILE)
+
+
+class RankZeroTracker:
+    """Per-epoch MLflow metrics into the driver's run, by run id (no global MLflow state)."""
+
+    def __init__(self, tracking_uri: str, run_id: str) -> None:
+        import mlflow
+
+        self.client, self.run_id = mlflow.MlflowClient(tracking_uri), run_id
+
+    def log_epoch(self, epoch: int, values: dict[str, float | None]) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k, float(v), now, epoch) for k, v in values.items() if v is not None]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+
+def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    config: TrainConfig = loop_config["config"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(config.seed + rank)
+    device = ray.train.torch.get_device()
+    model, loss_fn = build_model_and_loss(config)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    state = _restore(model, optimizer)
+    model = ray.train.torch.prepare_model(model)
+    spec = unwrap_model(model).spec
+    train_transform = build_transforms(spec, config.augment, train=True)
+    eval_transform = build_transforms(spec, None, train=False)
+    tracker = RankZeroTracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
+    if tracker and state["restarts"]:
+        tracker.log_epoch(state["epoch"], {"restarts": state["restarts"]})
+    pin = device.type == "cuda"
+
+    for epoch in range(state["epoch"] + 1, config.epochs):
+        train_batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+            batch_size=config.batch_size, collate_fn=collate, local_shuffle_buffer_size=4 * config.batch_size,
+            local_shuffle_seed=config.seed + epoch * 100 + rank, pin_memory=pin)
+        dev_batches = ray.train.get_dataset_shard("dev").iter_torch_batches(
+            batch_size=256, collate_fn=collate, pin_memory=pin)
+        started = time.perf_counter()
+        train_result = train_one_epoch(model, train_batches, loss_fn, optimizer, train_transform, device)
+        dev_result = evaluate(model, dev_batches, loss_fn, eval_transform, device)
+        dev_loss = _broadcast(dev_result["loss"])
+        improved = dev_loss < state["best_loss"] - 1e-6
+        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
+        if improved:
+            state["best_loss"] = dev_loss
+            state["best"] = {"epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()},
+                             "labels": dev_result["labels"], "scores": dev_result["scores"],
+                             "attack_types": dev_result["attack_types"]}
+        epoch_metrics = {"epoch": epoch, "train_loss": train_result["loss"], "train_accuracy": train_result["accuracy"],
+                         "dev_loss": dev_loss, "dev_accuracy": dev_result["accuracy"], "dev_hter": dev_hter(dev_result),
+                         "epoch_seconds": time.perf_counter() - started,
+                         "train_samples_per_second": train_result["n"] / max(time.perf_counter() - started, 1e-9)}
+        state["history"].append(epoch_metrics)
+        state["epoch"] = epoch
+        with tempfile.TemporaryDirectory() as directory:
+            checkpoint = None
+            if rank == 0:
+                _save_checkpoint(directory, model, optimizer, state)
+                checkpoint = ray.train.Checkpoint.from_directory(directory)
+            ray.train.report({k: v for k, v in epoch_metrics.items() if v is not None}, checkpoint=checkpoint)
+        if tracker:
+            tracker.log_epoch(epoch, {k: v for k, v in epoch_metrics.items() if k != "epoch"})
+        if state["bad_epochs"] >= config.patience:
+            break
+
+
+# --------------------------------------------------------------------------------------
+# 3. Driver
+
+
+def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: str, attack_types=None) -> float:
+    """The operating threshold on dev: the EER point, or ``apcer:T`` for a target APCER."""
+    if rule == "eer":
+        return float(metrics.threshold_at_eer(labels, scores))
+    if rule.startswith("apcer:"):
+        return float(metrics.threshold_at_apcer(labels, scores, float(rule.split(":", 1)[1]), attack_types))
+    raise ValueError(f"threshold rule must be 'eer' or 'apcer:<target>', got {rule!r}")
+
+
+def _check_roles(counts: dict[str, dict[str, int]]) -> None:
+    for role in ("train", "dev"):
+        c = counts.get(role, {"live": 0, "attack": 0})
+        if c["live"] == 0 or c["attack"] == 0:
+            raise ValueError(f"the {role} split needs live and attack crops, has {c}")
+
+
+def _params(config: TrainConfig, counts: dict, index) -> dict[str, Any]:
+    flat = {k: v for k, v in asdict(config).items() if k not in ("augment",)}
+    flat.update({f"augment.{k}": v for k, v in asdict(config.augment).items()})
+    flat["pipeline_version"] = ",".join(sorted(set(index["pipeline_version"].to_pylist())))
+    flat["datasets_in_data"] = ",".join(sorted(set(index["dataset"].to_pylist())))
+    flat.update({f"rows.{role}.{label}": n for role, c in counts.items() for label, n in c.items()})
+    return flat
+
+
+def run_training(config: TrainConfig, address: str | None = None) -> dict[str, Any]:
+    """Train, pick the dev threshold, log everything to MLflow, register. Returns the summary."""
+    import mlflow
+    from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    from raypipe import crops
+    from raypipe.models.store import configure_tracking, ensure_experiment
+    from raypipe.runtime import cluster_has_gpus, init_ray
+
+    started = time.perf_counter()
+    tracking_uri = configure_tracking(config.tracking_uri)
+    index = crops.read_index(config.data, config.datasets)
+    plan = crops.plan_splits(index, config.dev_fraction, config.seed)
+    counts = crops.role_counts(index, plan)
+    _check_roles(counts)
+    init_ray(address)
+    use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
+    spec = get_spec(config.model)
+    datasets = {role: crops.ray_dataset(config.data, role, plan, spec, config.datasets).materialize()
+                for role in ("train", "dev")}
+
+    with mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=config.run_name) as run:
+        mlflow.log_params(_params(config, counts, index))
+        mlflow.log_dict({"carved_dev_subjects": plan.carved_dev, "rows": counts}, "data_manifest.json")
+        trainer = TorchTrainer(
+            train_loop_per_worker,
+            train_loop_config={"config": config, "run_id": run.info.run_id, "tracking_uri": tracking_uri},
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
+            run_config=RunConfig(name=f"{config.experiment}-{run.info.run_id[:12]}",
+                                 storage_path=config.storage_path or _default_storage(),
+                                 failure_config=FailureConfig(max_failures=config.max_failures),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+            datasets=datasets,
+            dataset_config=DataConfig(datasets_to_split=["train"]),  # every rank scores all of dev
+        )
+        result = trainer.fit()
+        state = _load_final_state(result.checkpoint)
+        summary = _finish_run(config, state, run.info.run_id, use_gpu)
+    summary["seconds"] = round(time.perf_counter() - started, 2)
+    return summary
+
+
+def _default_storage() -> str:
+    data_dir = Path(os.environ.get("RAYPIPE_DATA_DIR", Path.cwd() / "data")).resolve()
+    return str(data_dir / "ray_results")
+
+
+def _load_final_state(checkpoint) -> dict[str, Any]:
+    if checkpoint is None:
+        raise RuntimeError("training reported no checkpoint")
+    with checkpoint.as_directory() as directory:
+        return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
+
+
+def _finish_run(config: TrainConfig, state: dict[str, Any], run_id: str, used_gpu: bool) -> dict[str, Any]:
+    """Best weights -> dev threshold and metrics -> artifacts -> registered model."""
+    import mlflow
+
+    from raypipe.models.store import log_and_register
+
+    best = state["best"]
+    model, _ = build_model_and_loss(config)
+    model.load_state_dict(best["model"])
+    labels, scores, types = best["labels"], best["scores"], best["attack_types"]
+    threshold = choose_threshold(labels, scores, config.threshold_rule, types)
+    dev = metrics.compute_all(labels, scores, threshold, types)
+    mlflow.log_metrics({f"dev_{k}": v for k, v in dev.items() if isinstance(v, (int, float)) and v is not None})
+    mlflow.log_params({"pretrained_source": getattr(model, "pretrained_source", "scratch"), "used_gpu": used_gpu,
+                       "best_epoch": best["epoch"]})
+    _log_artifacts(model, state, dev, labels, scores, threshold)
+    pipeline_version = mlflow.get_run(run_id).data.params.get("pipeline_version", "")
+    model_uri, version = log_and_register(
+        model, threshold=threshold, register_as=config.register, promote=config.promote,
+        extra_tags={"pipeline_version": pipeline_version, "threshold_rule": config.threshold_rule,
+                    "train_run_id": run_id})
+    return {"run_id": run_id, "model_uri": model_uri, "version": version, "threshold": threshold,
+            "dev": dev, "epochs_run": len(state["history"]), "best_epoch": best["epoch"],
+            "restarts": state.get("restarts", 0), "model": config.model}
+
+
+def _log_artifacts(model: nn.Module, state: dict, dev: dict, labels, scores, threshold: float) -> None:
+    """Metrics JSON, efficiency report, and the plots (each plot failure is logged, not fatal)."""
+    import mlflow
+
+    from raypipe.models import efficiency_report
+
+    mlflow.log_dict(dev, "metrics/dev_metrics.json")
+    mlflow.log_dict({"history": state["history"]}, "metrics/history.json")
+    mlflow.log_dict(efficiency_report(model), "efficiency.json")
+    with tempfile.TemporaryDirectory() as directory:
+        for name, draw in _plotters(state["history"], labels, scores, threshold).items():
+            try:
+                draw(str(Path(directory) / f"{name}.png"))
+            except Exception as exc:  # noqa: BLE001 - a plot must never lose a trained model
+                log.warning("could not draw %s: %s", name, exc)
+        mlflow.log_artifacts(directory, "plots")
+
+
+def _plotters(history, labels, scores, threshold) -> dict[str, Any]:
+    from raypipe import plots
+
+    return {"confusion_matrix": lambda p: plots.confusion_matrix_figure(labels, scores, threshold, p),
+            "roc": lambda p: plots.roc_figure(labels, scores, p),
+            "det": lambda p: plots.det_figure(labels, scores, p),
+            "curves": lambda p: plots.training_curves_figure(history, p)}
+
+
+def summary_line(summary: dict[str, Any]) -> str:
+    return json.dumps(summary, default=str)
