@@ -138,7 +138,8 @@ def ray_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,
     if datasets:
         ds = ds.filter(lambda row: row["dataset"] in datasets)
     return ds.map_batches(DecodeCrops, fn_constructor_args=(role, plan, spec), batch_format="pyarrow",
-                          batch_size=batch_size, concurrency=(1, 2), num_cpus=0.5)
+                          batch_size=batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
+                          num_cpus=0.5)
 
 
 def iter_local_batches(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,

@@ -209,7 +209,7 @@ def _write_staging(records: list[dict], config: PreprocessConfig, staging: Path,
         FaceCropper,
         fn_constructor_args=(config.face, config.frames_per_video, config.every),
         batch_size=batch_size, batch_format="pyarrow",
-        concurrency=workers, num_cpus=config.cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=config.cpus_per_worker,
     )
     crops.write_parquet(str(staging), partition_cols=["status", "dataset", "split"],
                         ray_remote_args={"num_cpus": 0.25})

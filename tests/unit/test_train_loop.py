@@ -1,0 +1,101 @@
+"""train_one_epoch / evaluate / splits / thresholds as plain functions: no Ray needed."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from raypipe import crops, metrics
+from raypipe.models import AugmentConfig, build_transforms, get_spec
+from raypipe.train import TrainConfig, build_model_and_loss, choose_threshold, collate, evaluate, train_one_epoch
+from tests.fixtures.crops import make_crops_dir
+
+
+@pytest.fixture(scope="module")
+def small_data(tmp_path_factory):
+    return make_crops_dir(tmp_path_factory.mktemp("crops"), datasets=("alpha",), splits=("train", "test"),
+                          subjects=5, images_per_subject=6)
+
+
+def batches(data, role, spec, batch_size=16):
+    index = crops.read_index(data.root)
+    plan = crops.plan_splits(index)
+    return [collate(b) for b in crops.iter_local_batches(data.root, role, plan, spec, batch_size=batch_size)]
+
+
+def test_dev_is_carved_by_subject_never_by_image(small_data):
+    index = crops.read_index(small_data.root)
+    plan = crops.plan_splits(index, dev_fraction=0.2, seed=0)
+    roles = plan.roles(index)
+    subjects = np.array(index["subject"].to_pylist())
+    dev_subjects, train_subjects = set(subjects[roles == "dev"]), set(subjects[roles == "train"])
+    assert dev_subjects and not dev_subjects & train_subjects
+    assert len(dev_subjects) == 1  # ceil(5 * 0.2)
+    assert crops.plan_splits(index, 0.2, 0).carved_dev == plan.carved_dev  # deterministic
+    assert set(subjects[roles == "test"]) == set(small_data.subjects[("alpha", "test")])
+
+
+def test_a_dataset_with_its_own_dev_split_is_not_carved(tmp_path):
+    data = make_crops_dir(tmp_path, splits=("train", "dev"), subjects=2)
+    plan = crops.plan_splits(crops.read_index(data.root))
+    assert plan.carved_dev == {}
+
+
+def test_carving_needs_two_subjects(tmp_path):
+    data = make_crops_dir(tmp_path, splits=("train",), subjects=1)
+    with pytest.raises(ValueError, match="fewer than 2"):
+        crops.plan_splits(crops.read_index(data.root))
+
+
+def test_training_epochs_reduce_the_loss(small_data):
+    torch.manual_seed(0)
+    config = TrainConfig(data=str(small_data.root), model="attacknet", lr=3e-3)
+    model, loss_fn = build_model_and_loss(config)
+    spec = get_spec("attacknet")
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    train_batches = batches(small_data, "train", spec)
+    plain = build_transforms(spec, AugmentConfig(enabled=False), train=True)
+    first = train_one_epoch(model, train_batches, loss_fn, optimizer, plain, torch.device("cpu"))
+    for _ in range(8):
+        last = train_one_epoch(model, train_batches, loss_fn, optimizer, plain, torch.device("cpu"))
+    assert first["n"] == last["n"] == small_data.n(split="train") - small_data.n(split="train") // 5
+    assert last["loss"] < first["loss"] * 0.7
+    assert last["accuracy"] > 0.8
+
+
+def test_evaluate_returns_aligned_deterministic_scores(small_data):
+    config = TrainConfig(data=str(small_data.root), model="attacknet")
+    model, loss_fn = build_model_and_loss(config)
+    spec = get_spec("attacknet")
+    eval_tf = build_transforms(spec, None, train=False)
+    test_batches = batches(small_data, "test", spec)
+    first = evaluate(model, test_batches, loss_fn, eval_tf, torch.device("cpu"))
+    second = evaluate(model, test_batches, loss_fn, eval_tf, torch.device("cpu"))
+    assert first["n"] == small_data.n(split="test") == len(first["scores"])
+    assert np.array_equal(first["scores"], second["scores"])
+    assert ((0 <= first["scores"]) & (first["scores"] <= 1)).all()
+    assert sorted(set(first["labels"].tolist())) == [0, 1]
+    assert set(first["attack_types"]) == {"live", "print", "replay"}
+
+
+def test_threshold_rules():
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    scores = np.array([0.1, 0.2, 0.6, 0.5, 0.8, 0.9])
+    assert choose_threshold(labels, scores, "eer") == metrics.threshold_at_eer(labels, scores)
+    strict = choose_threshold(labels, scores, "apcer:0.0")
+    assert metrics.apcer_bpcer_acer(labels, scores, strict)["apcer"] == 0.0
+    with pytest.raises(ValueError):
+        choose_threshold(labels, scores, "median")
+
+
+def test_training_resize_is_the_serving_resize(small_data):
+    """Ray Data resizes crops once; serving resizes inside the transform: same pixels."""
+    spec = get_spec("attacknet")
+    row = crops._dataset(small_data.root).to_table(columns=["crop"]).column("crop")[0].as_py()
+    from raypipe.models import decode_crop
+
+    crop = decode_crop(row)
+    pre_resized = crops.resize_batch(crop[None], spec)[0]
+    serve_tf = build_transforms(spec, None, train=False)
+    assert torch.equal(serve_tf(crop[None]), serve_tf(pre_resized[None]))
