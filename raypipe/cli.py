@@ -147,6 +147,60 @@ def split_list(value: str | None) -> list[str] | None:
     return [v.strip() for v in value.split(",") if v.strip()] if value else None
 
 
+def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("evaluate", help="score a registered model on Parquet crops with the field's metrics")
+    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a run id")
+    p.add_argument("--data", required=True, help="preprocess output directory")
+    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
+    p.add_argument("--datasets", default=None, help="comma-separated datasets of the data directory")
+    p.add_argument("--experiment", default="raypipe-eval")
+    p.add_argument("--no-mlflow", dest="log_to_mlflow", action="store_false", help="do not log a run")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--dev-fraction", type=float, default=0.2, help="as in training, for the carved dev split")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="also write the metrics JSON and plots here")
+    p.add_argument("--gradcam", type=int, default=4, help="Grad-CAM crops per class (0 = none)")
+    p.add_argument("--device", default="auto")
+
+
+@command("evaluate")
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from raypipe.evaluate import EvaluateConfig, evaluate_model
+
+    return evaluate_model(EvaluateConfig(
+        model_uri=args.model, data=args.data, split=args.split, datasets=split_list(args.datasets),
+        experiment=args.experiment, log_to_mlflow=args.log_to_mlflow, batch_size=args.batch_size,
+        dev_fraction=args.dev_fraction, seed=args.seed, out=args.out, gradcam_per_class=args.gradcam,
+        device=args.device))
+
+
+def add_cross_dataset(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("cross-dataset", help="train on each dataset (and all fused), test on every dataset")
+    p.add_argument("--data", required=True)
+    p.add_argument("--datasets", required=True, help="comma-separated datasets of the data directory")
+    p.add_argument("--model", default="attacknet")
+    p.add_argument("--epochs", type=int, default=100)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--loss", default="ce")
+    p.add_argument("--out", default="cross_dataset")
+    p.add_argument("--experiment", default="raypipe-cross-dataset")
+    p.add_argument("--no-fused", dest="fused", action="store_false")
+    p.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="extra TrainConfig field, e.g. --train-option patience=5")
+    p.add_argument("--address", default=None)
+
+
+@command("cross-dataset")
+def cmd_cross_dataset(args: argparse.Namespace) -> dict:
+    from raypipe.evaluate import CrossDatasetConfig, cross_dataset
+
+    config = CrossDatasetConfig(data=args.data, datasets=split_list(args.datasets), model=args.model,
+                                epochs=args.epochs, workers=args.workers, loss=args.loss, out=args.out,
+                                experiment=args.experiment, fused=args.fused,
+                                train_kwargs=parse_options(args.train_option))
+    return cross_dataset(config, address=args.address)
+
+
 def add_mlflow_ui(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("mlflow-ui", help="start the MLflow UI on the project's tracking store")
     p.add_argument("--port", type=int, default=5000)
@@ -163,7 +217,50 @@ def cmd_mlflow_ui(args: argparse.Namespace) -> None:
                                "--host", args.host, "--port", str(args.port)])
 
 
-PARSERS = [add_preprocess, add_train, add_mlflow_ui, add_fetch_models, add_demo_data]
+def add_contact_sheet(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("contact-sheet", help="a PNG grid of random crops from a preprocess output")
+    p.add_argument("--data", required=True, help="preprocess output directory")
+    p.add_argument("--out", required=True, help="PNG path")
+    p.add_argument("-n", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+
+
+@command("contact-sheet")
+def cmd_contact_sheet(args: argparse.Namespace) -> dict:
+    from raypipe.preprocess import contact_sheet
+
+    return contact_sheet(args.data, args.out, n=args.n, seed=args.seed)
+
+
+def add_demo(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("demo", help="the whole pipeline on built-in data, ending with a live HTTP verdict")
+    p.add_argument("--dataset", default="demo", help="'demo' (built in) or a dataset adapter name")
+    p.add_argument("--root", default=None, help="dataset root when --dataset is not 'demo'")
+    p.add_argument("--work-dir", default="data/demo", help="crops, MLflow store and checkpoints go here")
+    p.add_argument("--model", default="attacknet")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--limit", type=int, default=None, help="preprocess only N inputs")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after evaluation")
+    p.add_argument("--exit-after-answer", action="store_true", help="serve, answer one request, then exit")
+    p.add_argument("--address", default=None)
+
+
+@command("demo")
+def cmd_demo(args: argparse.Namespace) -> None:
+    from raypipe.demo import DemoConfig, run_demo, serve_forever
+
+    config = DemoConfig(dataset=args.dataset, root=args.root, work_dir=args.work_dir, model=args.model,
+                        epochs=args.epochs, workers=args.workers, limit=args.limit, serve=args.serve,
+                        port=args.port, address=args.address)
+    summary = run_demo(config)
+    emit(summary)
+    if config.serve and not args.exit_after_answer:
+        serve_forever(summary)
+
+
+PARSERS = [add_demo, add_contact_sheet, add_preprocess, add_train, add_evaluate, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -175,13 +272,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def is_user_error(exc: BaseException) -> bool:
+    """Bad flags, paths, data or model references: the message says it all."""
+    if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):
+        return True
+    if "mlflow" in sys.modules:
+        from mlflow.exceptions import MlflowException
+
+        return isinstance(exc, MlflowException)
+    return False
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         result = COMMANDS[args.command](args)
-    except (ValueError, KeyError, FileNotFoundError) as exc:
+    except Exception as exc:  # noqa: BLE001 - user errors exit 2 with one line; bugs keep their traceback
+        if not is_user_error(exc):
+            raise
         print(f"raypipe {args.command}: error: {exc}", file=sys.stderr)
         return 2
     if result is not None:

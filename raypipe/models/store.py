@@ -100,7 +100,7 @@ def log_and_register(model: nn.Module, *, threshold: float, register_as: str | N
     run_id = mlflow.active_run().info.run_id
     mlflow.set_tags({f"model.{k}": v for k, v in tags.items()})
     if not register_as:
-        return info.model_uri, None
+        return f"runs:/{run_id}/{ARTIFACT_NAME}", None  # loadable by load_model, unlike models:/m-<id>
     version = mlflow.register_model(info.model_uri, register_as, tags=tags).version
     if promote:
         mlflow.MlflowClient().set_registered_model_alias(register_as, CHAMPION, version)

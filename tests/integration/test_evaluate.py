@@ -1,0 +1,226 @@
+"""evaluate_model and cross_dataset on real Parquet crops and a real MLflow SQLite store (no Ray)."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import mlflow
+import pytest
+import torch
+
+from raypipe import crops, metrics
+from raypipe.evaluate import (
+    CrossDatasetConfig,
+    EvaluateConfig,
+    cross_dataset,
+    evaluate_model,
+    score,
+    split_plan,
+    train_config,
+)
+from raypipe.models import create_model
+from raypipe.models.store import ensure_experiment, load_model, log_and_register
+from tests.fixtures.crops import make_crops_dir
+
+ARTIFACTS = {"metrics.json", "confusion_matrix.png", "roc.png", "det.png", "gradcam.png"}
+METRIC_KEYS = {"hter", "far", "frr", "apcer", "bpcer", "acer", "eer", "auc", "n_live", "n_attack", "tp", "fn",
+               "fp", "tn", "accuracy", "f1_live", "f1_attack", "bpcer_at_apcer_1", "bpcer_at_apcer_5",
+               "bpcer_at_apcer_10", "apcer_per_type", "eer_threshold", "threshold"}
+
+
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory):
+    """A fresh MLflow SQLite store for this module (its migrations take seconds: create it once)."""
+    root = tmp_path_factory.mktemp("mlflow")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{root / 'mlflow.db'}")
+        mp.chdir(root)  # anything MLflow writes relative to the cwd stays in tmp
+        mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
+        yield root
+        mlflow.set_tracking_uri(None)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """alpha: train + test; beta: train only (so its dev is carved and it has no test rows)."""
+    return make_crops_dir(tmp_path_factory.mktemp("prep"), datasets=("alpha", "beta"),
+                          splits={"alpha": ("train", "test"), "beta": ("train",)}, subjects=3,
+                          images_per_subject=2)
+
+
+def log_fresh_model(register_as: str | None, seed: int = 0, promote: bool = False) -> tuple[str, str | None, str]:
+    """A freshly initialised AttackNet logged (and registered) the way training does."""
+    torch.manual_seed(seed)
+    with mlflow.start_run(experiment_id=ensure_experiment("test-models")) as run:
+        uri, version = log_and_register(create_model("attacknet"), threshold=0.5, register_as=register_as,
+                                        promote=promote)
+    return uri, version, run.info.run_id
+
+
+@pytest.fixture(scope="module")
+def registered(tracking):
+    _, version, run_id = log_fresh_model("t", promote=True)
+    assert version == "1"
+    return run_id
+
+
+def run_artifacts(run_id: str) -> set[str]:
+    return {a.path for a in mlflow.MlflowClient().list_artifacts(run_id)}
+
+
+def test_every_model_reference_gives_the_same_metrics(registered, data):
+    results = [evaluate_model(EvaluateConfig(model_uri=uri, data=str(data.root), gradcam_per_class=2))
+               for uri in ("models:/t@champion", "models:/t/1", registered)]
+    for result in results:
+        assert METRIC_KEYS <= set(result)
+        assert (result["n_live"], result["n_attack"]) == (data.n("alpha", "test", "live"),
+                                                          data.n("alpha", "test", "attack"))
+        assert result["split"] == "test" and result["datasets"] == ["alpha"]
+        assert result["threshold"] == 0.5 and result["architecture"] == "attacknet"
+        assert result["seconds"] > 0
+        json.dumps(result)  # JSON-able as the CLI prints it
+    strip = ("model_uri", "model_name", "model_version", "mlflow_run_id", "seconds", "score_seconds")
+    assert results[0]["model_name"] == "t" and results[0]["model_version"] == "1"
+    assert results[2]["model_name"] == registered and results[2]["model_version"] is None
+    assert results[0]["model_run_id"] == results[2]["model_run_id"] == registered
+    first, *rest = ({k: v for k, v in r.items() if k not in strip} for r in results)
+    assert all(other == first for other in rest)
+
+
+def test_metrics_agree_with_compute_all_on_the_scores(registered, data):
+    result = evaluate_model(EvaluateConfig(model_uri="models:/t/1", data=str(data.root), log_to_mlflow=False))
+    loaded = load_model("models:/t/1")
+    role = crops.load_role(data.root, "test", crops.SplitPlan(), loaded.spec)  # the other reader
+    labels, scores, types = score(loaded.model, loaded.spec, [role])
+    assert labels.size == data.n("alpha", "test")
+    expected = metrics.compute_all(labels, scores, 0.5, types)
+    per_type = expected.pop("apcer_per_type")
+    assert {k: result[k] for k in expected} == pytest.approx(expected)  # batch sizes differ: allow float noise
+    assert result["apcer_per_type"] == pytest.approx(per_type) and set(per_type) == {"print", "replay"}
+
+
+def test_mlflow_run_has_params_metrics_and_artifacts(registered, data):
+    result = evaluate_model(EvaluateConfig(model_uri="models:/t@champion", data=str(data.root),
+                                           experiment="eval-test", gradcam_per_class=2))
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run.info.experiment_id == mlflow.get_experiment_by_name("eval-test").experiment_id
+    assert run.data.params["split"] == "test" and run.data.params["model_version"] == "1"
+    assert run.data.metrics["n_live"] == result["n_live"]
+    assert run.data.metrics["hter"] == pytest.approx(result["hter"])
+    assert "apcer_type_print" in run.data.metrics
+    assert run.data.tags["raypipe.kind"] == "evaluation"
+    assert ARTIFACTS <= run_artifacts(run.info.run_id)
+    logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metrics.json"))
+    assert logged["hter"] == result["hter"] and logged["mlflow_run_id"] == run.info.run_id
+
+
+def test_train_and_dev_splits_follow_the_training_plan(registered, data):
+    """dev = carved subjects (beta has no dev split; alpha neither), train = the rest of train."""
+    plan = crops.plan_splits(crops.read_index(data.root))
+    per_subject = 2 * 2  # images_per_subject live + as many attacks
+    carved = sum(len(s) for s in plan.carved_dev.values()) * per_subject
+    common = dict(model_uri="models:/t/1", data=str(data.root), log_to_mlflow=False)
+    train = evaluate_model(EvaluateConfig(split="train", **common))
+    dev = evaluate_model(EvaluateConfig(split="dev", **common))
+    assert train["n"] == data.n(split="train") - carved and dev["n"] == carved
+    assert train["datasets"] == dev["datasets"] == ["alpha", "beta"]
+    assert train["carved_dev"] == dev["carved_dev"] == {d: len(s) for d, s in plan.carved_dev.items()}
+    only_beta = evaluate_model(EvaluateConfig(split="train", datasets=["beta"], **common))
+    assert only_beta["datasets"] == ["beta"]
+    assert only_beta["n"] == data.n("beta", "train") - len(plan.carved_dev["beta"]) * per_subject
+
+
+def test_out_dir_without_mlflow(registered, data, tmp_path):
+    result = evaluate_model(EvaluateConfig(model_uri=registered, data=str(data.root), log_to_mlflow=False,
+                                           out=str(tmp_path / "eval"), gradcam_per_class=1))
+    assert result["mlflow_run_id"] is None
+    assert {p.name for p in (tmp_path / "eval").iterdir()} == ARTIFACTS
+    assert json.loads((tmp_path / "eval" / "metrics.json").read_text())["n"] == result["n"]
+
+
+def test_errors(registered, data):
+    with pytest.raises(ValueError, match="no crops"):
+        evaluate_model(EvaluateConfig(model_uri="models:/t/1", data=str(data.root), datasets=["beta"],
+                                      log_to_mlflow=False))
+    with pytest.raises(ValueError, match="split"):
+        evaluate_model(EvaluateConfig(model_uri="models:/t/1", data=str(data.root), split="validation"))
+
+
+def test_score_without_batches_and_the_test_plan():
+    model = create_model("attacknet")
+    labels, scores, types = score(model, model.spec, [])
+    assert labels.size == scores.size == types.size == 0
+    import pyarrow as pa
+
+    index = pa.table({"dataset": ["x"], "split": ["test"], "subject": ["s"]})
+    assert split_plan(index, "test").carved_dev == {}  # a test-only dataset needs no carving
+
+
+# ----------------------------------------------------------------------------- cross-dataset
+
+
+def fresh_models_train_fn(calls: list[list[str]]):
+    """Logs a freshly initialised model per call, the run_training result shape (real MLflow)."""
+
+    def train(datasets: list[str]) -> dict:
+        calls.append(datasets)
+        uri, _, run_id = log_fresh_model(None, seed=len(calls))
+        return {"run_id": run_id, "model_uri": uri, "version": None, "threshold": 0.5,
+                "dev": {"hter": 0.5}, "epochs_run": 0, "seconds": 0.0}
+
+    return train
+
+
+def test_cross_dataset_matrix(tracking, data, tmp_path):
+    calls: list[list[str]] = []
+    config = CrossDatasetConfig(data=str(data.root), datasets=["alpha", "beta"], out=str(tmp_path / "cross"),
+                                experiment="cross-test")
+    result = cross_dataset(config, train_fn=fresh_models_train_fn(calls))
+    assert calls == [["alpha"], ["beta"], ["alpha", "beta"]]
+    assert list(result["cells"]) == ["alpha", "beta", "fused"]
+    assert result["test_splits"] == {"alpha": "test", "beta": "dev"}
+    assert any("beta" in note and "dev" in note for note in result["notes"])
+    for name, row in result["cells"].items():
+        assert list(row) == ["alpha", "beta"]
+        for test, cell in row.items():
+            assert {"hter", "far", "frr", "split", "n_live", "n_attack"} <= set(cell)
+            assert cell["hter"] == pytest.approx((cell["far"] + cell["frr"]) / 2)
+    # a cell is exactly what evaluate_model says for that model on that dataset
+    direct = evaluate_model(EvaluateConfig(model_uri=result["models"]["beta"]["model_uri"], data=str(data.root),
+                                           split="dev", datasets=["beta"], log_to_mlflow=False))
+    assert result["cells"]["beta"]["beta"]["hter"] == direct["hter"]
+    assert result["cells"]["fused"]["alpha"]["n_live"] == data.n("alpha", "test", "live")
+
+    with open(tmp_path / "cross" / "cross_dataset.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [(r["train"], r["test"]) for r in rows] == [(t, d) for t in ("alpha", "beta", "fused")
+                                                       for d in ("alpha", "beta")]
+    assert float(rows[0]["hter"]) == pytest.approx(result["cells"]["alpha"]["alpha"]["hter"])
+    markdown = (tmp_path / "cross" / "cross_dataset.md").read_text()
+    assert "| Train | Test | HTER (%) | FAR (%) | FRR (%) |" in markdown
+    assert "| fused | beta† |" in markdown and "† beta: no test rows" in markdown
+
+    run = mlflow.get_run(result["mlflow_run_id"])
+    assert run.data.metrics["hter/fused/alpha"] == pytest.approx(result["cells"]["fused"]["alpha"]["hter"])
+    assert run.data.params["run_id.fused"] == result["models"]["fused"]["run_id"]
+    assert {"cross_dataset.csv", "cross_dataset.md", "cross_dataset.json"} <= run_artifacts(run.info.run_id)
+
+
+def test_cross_dataset_rejects_unknown_datasets_before_training(tracking, data, tmp_path):
+    calls: list[list[str]] = []
+    config = CrossDatasetConfig(data=str(data.root), datasets=["alpha", "gamma"], out=str(tmp_path))
+    with pytest.raises(ValueError, match="gamma"):
+        cross_dataset(config, train_fn=fresh_models_train_fn(calls))
+    assert calls == []
+
+
+def test_train_config_matches_raypipe_train():
+    """The default trainer's TrainConfig accepts what cross_dataset passes (once train.py exists)."""
+    train = pytest.importorskip("raypipe.train")
+    config = CrossDatasetConfig(data="d", datasets=["a", "b"], model="resnet18", epochs=3, workers=2,
+                                loss="am_softmax", seed=7, train_kwargs={"patience": 2})
+    built = train_config(config, ["a"])
+    assert isinstance(built, train.TrainConfig)
+    assert (built.datasets, built.model, built.epochs, built.register) == (["a"], "resnet18", 3, None)
+    assert (built.loss, built.seed, built.dev_fraction, built.patience) == ("am_softmax", 7, 0.2, 2)
