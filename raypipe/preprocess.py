@@ -271,3 +271,36 @@ def _write_manifest(out: Path, config: PreprocessConfig, summary: dict) -> None:
                                 "face": face, "pipeline_version": config.face.version(),
                                 "frames_per_video": config.frames_per_video, "every": config.every}
     path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+
+
+def contact_sheet(out: str | Path, path: str | Path, n: int = 16, seed: int = 0, columns: int = 4) -> dict:
+    """A PNG grid of ``n`` random crops (half live, half attack when possible), labelled.
+
+    For eyeballing that crops show the subject's face (not a background person or hands).
+    """
+    import cv2
+    import numpy as np
+    import pyarrow.dataset as pads
+
+    from raypipe.face import decode_crop
+
+    table = pads.dataset(Path(out) / CROPS_DIR, format="parquet", partitioning="hive").to_table(
+        columns=["sample_id", "label", "attack_type", "subject", "crop"])
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(table["label"])
+    picks = []
+    for label in (0, 1):
+        candidates = np.flatnonzero(labels == label)
+        picks += rng.choice(candidates, size=min(n // 2, len(candidates)), replace=False).tolist()
+    tiles = []
+    for i in picks:
+        tile = cv2.cvtColor(decode_crop(table["crop"][i].as_py()), cv2.COLOR_RGB2BGR)
+        caption = f"{table['attack_type'][i].as_py()} s{table['subject'][i].as_py()}"
+        cv2.putText(tile, caption, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2)
+        tiles.append(tile)
+    while len(tiles) % columns:
+        tiles.append(np.zeros_like(tiles[0]))
+    rows = [np.hstack(tiles[r:r + columns]) for r in range(0, len(tiles), columns)]
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    cv2.imwrite(str(path), np.vstack(rows))
+    return {"path": str(path), "crops": len(picks)}
