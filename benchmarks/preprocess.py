@@ -70,11 +70,13 @@ def main() -> None:
     parser.add_argument("--root", default=str(HERE.parent.parent / "shared" / "datasets" / "nuaa"))
     parser.add_argument("--split", default="train")
     parser.add_argument("--limit", type=int, default=None)
-    parser.add_argument("--out", default=str(HERE / "results" / "preprocess.json"))
+    parser.add_argument("--png-level", type=int, default=1)
+    parser.add_argument("--out", default=None)
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory(prefix="raypipe-bench-") as tmp:
-        config = PreprocessConfig(dataset=args.dataset, root=args.root, out=tmp, split=args.split, limit=args.limit)
+        config = PreprocessConfig(dataset=args.dataset, root=args.root, out=tmp, split=args.split, limit=args.limit,
+                                  face=FaceConfig(png_compression=args.png_level))
         records, _ = list_samples(config)
         plain = plain_loop(records, config.face)
         ray_result = ray_pipeline(config)
@@ -86,8 +88,9 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
         "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    out = Path(args.out or HERE / "results" / f"preprocess_png{args.png_level}.json")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result))
 
 

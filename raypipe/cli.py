@@ -48,6 +48,8 @@ def add_preprocess(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--crop-size", type=int, default=256)
     p.add_argument("--face-model", default="short_range", choices=["short_range", "full_range"])
     p.add_argument("--min-score", type=float, default=0.5, help="minimum detector score")
+    p.add_argument("--png-level", type=int, default=1, choices=range(0, 10), metavar="0-9",
+                   help="PNG compression of the crops (lossless either way; 0 is ~10x faster to write, 2.5x larger)")
     p.add_argument("--limit", type=int, default=None, help="a deterministic pseudo-random subset of N inputs")
     p.add_argument("--workers", type=int, default=None, help="face-cropper actors (default: cluster CPUs)")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
@@ -73,7 +75,8 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
     from raypipe.face import FaceConfig
     from raypipe.preprocess import PreprocessConfig, run_preprocess
 
-    face = FaceConfig(model=args.face_model, expand=args.expand, crop_size=args.crop_size, min_score=args.min_score)
+    face = FaceConfig(model=args.face_model, expand=args.expand, crop_size=args.crop_size, min_score=args.min_score,
+                      png_compression=args.png_level)
     config = PreprocessConfig(dataset=args.dataset, root=args.root, out=args.out, split=args.split,
                               frames_per_video=args.frames_per_video, every=args.every, limit=args.limit,
                               face=face, workers=args.workers, adapter_options=parse_options(args.option))

@@ -316,8 +316,16 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
         result = trainer.fit()
         state = _load_final_state(result.checkpoint)
         summary = _finish_run(config, state, run.info.run_id, use_gpu)
+        summary["train_samples_per_second"] = _throughput(state["history"], counts["train"])
+        mlflow.log_metric("train_samples_per_second", summary["train_samples_per_second"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _throughput(history: list[dict], train_counts: dict[str, int]) -> float:
+    """Training samples per second over all epochs (all workers; dev scoring included)."""
+    seconds = sum(h["epoch_seconds"] for h in history)
+    return round(sum(train_counts.values()) * len(history) / seconds, 1) if seconds else 0.0
 
 
 def _default_storage() -> str:
