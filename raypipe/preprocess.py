@@ -295,7 +295,7 @@ def contact_sheet(out: str | Path, path: str | Path, n: int = 16, seed: int = 0,
     tiles = []
     for i in picks:
         tile = cv2.cvtColor(decode_crop(table["crop"][i].as_py()), cv2.COLOR_RGB2BGR)
-        caption = f"{table['attack_type'][i].as_py()} s{table['subject'][i].as_py()}"
+        caption = f"{table['attack_type'][i].as_py()} {table['subject'][i].as_py()}"
         cv2.putText(tile, caption, (6, 20), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 255, 255), 2)
         tiles.append(tile)
     while len(tiles) % columns:
