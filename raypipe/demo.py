@@ -55,8 +55,10 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     started = time.perf_counter()
     work = Path(config.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
-    os.environ.setdefault("MLFLOW_TRACKING_URI", f"sqlite:///{work / 'mlflow.db'}")
-    os.environ.setdefault("RAYPIPE_DATA_DIR", str(work))
+    # The demo's own store unless the user points at one (an empty value counts as unset).
+    if not os.environ.get("MLFLOW_TRACKING_URI"):
+        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
+    os.environ["RAYPIPE_DATA_DIR"] = str(work)
     dataset, root = step(1, "dataset")(lambda: _dataset(config, work))
     prep = step(2, "preprocess (Ray Data: face detection, crops, Parquet)")(lambda: _preprocess(config, dataset, root, work))
     trained = step(3, f"train {config.model} (Ray Train, {config.workers} workers)")(lambda: _train(config, work))
