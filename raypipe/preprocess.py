@@ -66,7 +66,7 @@ class PreprocessConfig:
     face: FaceConfig = field(default_factory=FaceConfig)
     workers: int | None = None  # face-cropper actors; default: the cluster's CPUs
     cpus_per_worker: float = 0.75  # fractional so writers still get CPU on a 2-core laptop
-    batch_size: int = 16
+    batch_size: int = 64  # measured: 64 beats 16 by ~8% (fewer tasks, less per-batch Arrow overhead)
     adapter_options: dict[str, Any] = field(default_factory=dict)
 
 
