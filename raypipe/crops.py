@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.dataset as pads
 import torch
 
+from raypipe import storage
 from raypipe.models.base import ModelSpec
 from raypipe.models.transforms import decode_crop
 
@@ -30,9 +31,10 @@ ROLES = ("train", "dev", "test")
 
 
 def crops_path(data: str | Path) -> str:
-    """``DIR/crops`` when DIR is a preprocess output directory, else DIR itself."""
-    path = Path(data)
-    return str(path / "crops") if (path / "crops").is_dir() else str(path)
+    """``DIR/crops`` when DIR is a preprocess output directory, else DIR itself (local or a URI)."""
+    location = storage.absolute(data)
+    crops = storage.join(location, "crops")
+    return crops if storage.is_dir(crops) else location
 
 
 def _dataset(data: str | Path) -> pads.Dataset:

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import shutil
 import time
 import uuid
 from collections import Counter
@@ -30,6 +28,7 @@ from typing import Any, Iterator
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from raypipe import storage
 from raypipe.datasets import get_adapter
 from raypipe.face import FaceConfig, FaceError, FacePipeline
 from raypipe.runtime import init_ray
@@ -184,22 +183,22 @@ def run_preprocess(config: PreprocessConfig, address: str | None = None) -> dict
     if not records:
         raise ValueError(f"{config.dataset}: no samples for split {config.split!r} under {config.root}")
     init_ray(address)
-    out = Path(config.out).expanduser().resolve()
-    staging = out / f"_staging-{uuid.uuid4().hex[:8]}"
+    out = storage.absolute(config.out)  # local, shared mount or s3://...: workers write there directly
+    staging = storage.join(out, f"_staging-{uuid.uuid4().hex[:8]}")
     pipeline_started = time.perf_counter()
     try:
         _write_staging(records, config, staging, ray)
         partitions = {(r["dataset"], r["split"]) for r in records}
         _swap_in(staging, out, partitions)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        storage.delete_dir(staging)
     seconds = time.perf_counter() - pipeline_started
     summary = summarize(out, partitions, records, scan_report, seconds, time.perf_counter() - started)
     _write_manifest(out, config, summary)
     return summary
 
 
-def _write_staging(records: list[dict], config: PreprocessConfig, staging: Path, ray) -> None:
+def _write_staging(records: list[dict], config: PreprocessConfig, staging: str, ray) -> None:
     workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
     has_video = any(r["media"] != "image" for r in records)
     batch_size = 1 if has_video else config.batch_size  # one video at a time per actor
@@ -211,42 +210,42 @@ def _write_staging(records: list[dict], config: PreprocessConfig, staging: Path,
         batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=config.cpus_per_worker,
     )
-    crops.write_parquet(str(staging), partition_cols=["status", "dataset", "split"],
+    filesystem, staging_path = storage.resolve(staging)
+    crops.write_parquet(staging_path, filesystem=filesystem, partition_cols=["status", "dataset", "split"],
                         ray_remote_args={"num_cpus": 0.25})
 
 
-def _partition_dir(base: Path, dataset: str, split: str) -> Path:
-    return base / f"dataset={dataset}" / f"split={split}"
+def _partition_dir(base: str, dataset: str, split: str) -> str:
+    return storage.join(base, f"dataset={dataset}", f"split={split}")
 
 
-def _swap_in(staging: Path, out: Path, partitions: set[tuple[str, str]]) -> None:
+def _swap_in(staging: str, out: str, partitions: set[tuple[str, str]]) -> None:
     """Replace each covered (dataset, split) partition of crops/ and rejects/ by the new one."""
     for status, table in (("ok", CROPS_DIR), ("rejected", REJECTS_DIR)):
         for dataset, split in partitions:
-            target = _partition_dir(out / table, dataset, split)
-            if target.exists():
-                shutil.rmtree(target)
-            source = _partition_dir(staging / f"status={status}", dataset, split)
-            if source.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                os.replace(source, target)
+            target = _partition_dir(storage.join(out, table), dataset, split)
+            storage.delete_dir(target)
+            source = _partition_dir(storage.join(staging, f"status={status}"), dataset, split)
+            if storage.is_dir(source):
+                storage.move_dir(source, target)
 
 
-def _read_partition(base: Path, dataset: str, split: str, columns: list[str]) -> pa.Table:
+def _read_partition(base: str, dataset: str, split: str, columns: list[str]) -> pa.Table:
     directory = _partition_dir(base, dataset, split)
-    files = sorted(directory.glob("*.parquet")) if directory.exists() else []
+    files = storage.list_files(directory, ".parquet")
     if not files:
         return pa.table({c: pa.array([], type=OUTPUT_SCHEMA.field(c).type) for c in columns})
-    return pa.concat_tables([pq.read_table(f, columns=columns) for f in files])
+    filesystem, _ = storage.resolve(directory)
+    return pa.concat_tables([pq.read_table(f, columns=columns, filesystem=filesystem) for f in files])
 
 
-def summarize(out: Path, partitions: set[tuple[str, str]], records: list[dict], scan_report: dict,
+def summarize(out: str, partitions: set[tuple[str, str]], records: list[dict], scan_report: dict,
               seconds: float, total_seconds: float) -> dict:
     """Counts read back from the written files, with the rows + rejects = inputs check."""
     row_ids, reject_ids, reasons = [], [], Counter()
     for dataset, split in sorted(partitions):
-        row_ids += _read_partition(out / CROPS_DIR, dataset, split, ["sample_id"]).column("sample_id").to_pylist()
-        rejects = _read_partition(out / REJECTS_DIR, dataset, split, ["sample_id", "reject_reason"])
+        row_ids += _read_partition(storage.join(out, CROPS_DIR), dataset, split, ["sample_id"]).column("sample_id").to_pylist()
+        rejects = _read_partition(storage.join(out, REJECTS_DIR), dataset, split, ["sample_id", "reject_reason"])
         reject_ids += rejects.column("sample_id").to_pylist()
         reasons.update(rejects.column("reject_reason").to_pylist())
     image_ids = {r["sample_id"] for r in records if r["media"] == "image"}
@@ -258,19 +257,19 @@ def summarize(out: Path, partitions: set[tuple[str, str]], records: list[dict], 
     return {"inputs": inputs, "rows": len(row_ids), "rejected": len(reject_ids),
             "by_reason": dict(sorted(reasons.items())), "seconds": round(seconds, 3),
             "images_per_second": round(inputs / seconds, 2) if seconds > 0 else None,
-            "output": str(out), "samples": len(records),
+            "output": out, "samples": len(records),
             "videos": sum(1 for r in records if r["media"] != "image"),
             "listed_but_missing": scan_report, "total_seconds": round(total_seconds, 3)}
 
 
-def _write_manifest(out: Path, config: PreprocessConfig, summary: dict) -> None:
-    path = out / "manifest.json"
-    manifest = json.loads(path.read_text()) if path.exists() else {}
+def _write_manifest(out: str, config: PreprocessConfig, summary: dict) -> None:
+    path = storage.join(out, "manifest.json")
+    manifest = storage.read_json(path, default={})
     face = asdict(config.face)
     manifest[config.dataset] = {"summary": summary, "split": config.split, "root": str(config.root),
                                 "face": face, "pipeline_version": config.face.version(),
                                 "frames_per_video": config.frames_per_video, "every": config.every}
-    path.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    storage.write_json(path, manifest)
 
 
 def contact_sheet(out: str | Path, path: str | Path, n: int = 16, seed: int = 0, columns: int = 4) -> dict:
@@ -284,7 +283,7 @@ def contact_sheet(out: str | Path, path: str | Path, n: int = 16, seed: int = 0,
 
     from raypipe.face import decode_crop
 
-    table = pads.dataset(Path(out) / CROPS_DIR, format="parquet", partitioning="hive").to_table(
+    table = pads.dataset(storage.join(storage.absolute(out), CROPS_DIR), format="parquet", partitioning="hive").to_table(
         columns=["sample_id", "label", "attack_type", "subject", "crop"])
     rng = np.random.default_rng(seed)
     labels = np.asarray(table["label"])
