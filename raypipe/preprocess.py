@@ -257,7 +257,7 @@ def summarize(out: str, partitions: set[tuple[str, str]], records: list[dict], s
     return {"inputs": inputs, "rows": len(row_ids), "rejected": len(reject_ids),
             "by_reason": dict(sorted(reasons.items())), "seconds": round(seconds, 3),
             "images_per_second": round(inputs / seconds, 2) if seconds > 0 else None,
-            "output": out, "samples": len(records),
+            "output": storage.redact(out), "samples": len(records),
             "videos": sum(1 for r in records if r["media"] != "image"),
             "listed_but_missing": scan_report, "total_seconds": round(total_seconds, 3)}
 
@@ -266,7 +266,7 @@ def _write_manifest(out: str, config: PreprocessConfig, summary: dict) -> None:
     path = storage.join(out, "manifest.json")
     manifest = storage.read_json(path, default={})
     face = asdict(config.face)
-    manifest[config.dataset] = {"summary": summary, "split": config.split, "root": str(config.root),
+    manifest[config.dataset] = {"summary": summary, "split": config.split, "root": storage.redact(config.root),
                                 "face": face, "pipeline_version": config.face.version(),
                                 "frames_per_video": config.frames_per_video, "every": config.every}
     storage.write_json(path, manifest)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,11 @@ def is_uri(location: str | Path) -> bool:
 def absolute(location: str | Path) -> str:
     """A URI unchanged; a local path expanded and made absolute."""
     return str(location) if is_uri(location) else str(Path(location).expanduser().resolve())
+
+
+def redact(location: str | Path) -> str:
+    """The location without credentials (``s3://key:secret@bucket`` -> ``s3://***@bucket``), for logs and summaries."""
+    return re.sub(r"^([a-z0-9+.-]+://)[^/@]+@", r"\1***@", str(location))
 
 
 def resolve(location: str | Path) -> tuple[pafs.FileSystem, str]:
