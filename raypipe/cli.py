@@ -263,7 +263,36 @@ def cmd_demo(args: argparse.Namespace) -> None:
         serve_forever(summary)
 
 
-PARSERS = [add_demo, add_contact_sheet, add_preprocess, add_train, add_evaluate, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
+def add_pipeline(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("pipeline", help="preprocess -> train -> evaluate -> register + promote, as one job")
+    p.add_argument("--dataset", required=True, help="adapter name, e.g. nuaa, oulu_npu, folder")
+    p.add_argument("--root", required=True, help="dataset root in its native layout")
+    p.add_argument("--out", required=True, help="crops output (local, shared mount, or s3://...)")
+    p.add_argument("--split", default="all", choices=["train", "dev", "test", "all"])
+    p.add_argument("--limit", type=int, default=None, help="preprocess only N inputs")
+    p.add_argument("--model", default="attacknet")
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
+                   help="train on GPUs (default: when the cluster has them)")
+    p.add_argument("--register", default="attacknet", help="registered model name (serve_config.yaml serves attacknet)")
+    p.add_argument("--no-promote", dest="promote", action="store_false", help="do not move the champion alias")
+    p.add_argument("--experiment", default="pipeline")
+    p.add_argument("--storage-path", default=None, help="Ray Train checkpoints: shared mount or s3://... on a cluster")
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+
+
+@command("pipeline")
+def cmd_pipeline(args: argparse.Namespace) -> dict:
+    from raypipe.pipeline import PipelineConfig, run_pipeline
+
+    return run_pipeline(PipelineConfig(
+        dataset=args.dataset, root=args.root, out=args.out, split=args.split, limit=args.limit, model=args.model,
+        epochs=args.epochs, workers=args.workers, use_gpu=args.use_gpu, register=args.register,
+        promote=args.promote, experiment=args.experiment, storage_path=args.storage_path, address=args.address))
+
+
+PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_evaluate, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -20,7 +20,7 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 STEPS = 6
 
@@ -40,18 +40,9 @@ class DemoConfig:
     address: str | None = None
 
 
-def step(number: int, title: str) -> Callable[[Callable[[], Any]], Any]:
-    """Run one step with a progress line and its duration on stderr."""
-    def run(fn: Callable[[], Any]) -> Any:
-        print(f"[{number}/{STEPS}] {title} ...", file=sys.stderr, flush=True)
-        started = time.perf_counter()
-        result = fn()
-        print(f"[{number}/{STEPS}] {title}: done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-        return result
-    return run
-
-
 def run_demo(config: DemoConfig) -> dict[str, Any]:
+    from raypipe.pipeline import PipelineConfig, progress_step, run_pipeline
+
     started = time.perf_counter()
     work = Path(config.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
@@ -59,25 +50,19 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     if not os.environ.get("MLFLOW_TRACKING_URI"):
         os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
     os.environ["RAYPIPE_DATA_DIR"] = str(work)
-    dataset, root = step(1, "dataset")(lambda: _dataset(config, work))
-    prep = step(2, "preprocess (Ray Data: face detection, crops, Parquet)")(lambda: _preprocess(config, dataset, root, work))
-    trained = step(3, f"train {config.model} (Ray Train, {config.workers} workers)")(lambda: _train(config, work))
-    evaluation = step(4, "evaluate on the test split")(lambda: _evaluate(config, work))
-    summary = {"preprocess": _pick(prep, "inputs", "rows", "rejected", "images_per_second"),
-               "train": _pick(trained, "run_id", "model_uri", "version", "threshold", "epochs_run"),
-               "evaluate": _pick(evaluation, "split", "hter", "apcer", "bpcer", "acer", "eer", "auc",
-                                 "n_live", "n_attack"),
-               "mlflow_ui": f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} raypipe mlflow-ui"}
+    step = progress_step(STEPS if config.serve else STEPS - 2)
+    dataset, root = step("dataset", lambda: _dataset(config, work))
+    pipeline = PipelineConfig(dataset=dataset, root=root, out=str(work / "crops"), model=config.model,
+                              epochs=config.epochs, workers=config.workers, register=config.register,
+                              experiment="demo", limit=config.limit, address=config.address)
+    summary = run_pipeline(pipeline, step)
+    summary["mlflow_ui"] = f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} raypipe mlflow-ui"
     if config.serve:
-        url = step(5, "start Ray Serve")(lambda: _serve(config))
-        answer = step(6, "ask the endpoint about one image")(lambda: _ask(url, _probe_image(dataset, root)))
+        url = step("start Ray Serve", lambda: _serve(config))
+        answer = step("ask the endpoint about one image", lambda: _ask(url, _probe_image(dataset, root)))
         summary.update({"endpoint": f"{url}/v1/detect", "web_page": f"{url}/", "answer": answer})
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
-
-
-def _pick(result: dict, *keys: str) -> dict:
-    return {k: result.get(k) for k in keys}
 
 
 def _dataset(config: DemoConfig, work: Path) -> tuple[str, str]:
@@ -91,32 +76,6 @@ def _dataset(config: DemoConfig, work: Path) -> tuple[str, str]:
     if not (root / "train").is_dir():
         make_demo_dataset(root)
     return "folder", str(root)
-
-
-def _preprocess(config: DemoConfig, dataset: str, root: str, work: Path) -> dict:
-    from raypipe.preprocess import PreprocessConfig, run_preprocess
-
-    return run_preprocess(PreprocessConfig(dataset=dataset, root=root, out=str(work / "crops"), limit=config.limit),
-                          address=config.address)
-
-
-def _train(config: DemoConfig, work: Path) -> dict:
-    from raypipe.train import TrainConfig, run_training
-
-    return run_training(TrainConfig(data=str(work / "crops"), model=config.model, epochs=config.epochs,
-                                    workers=config.workers, experiment="demo", register=config.register,
-                                    promote=True), address=config.address)
-
-
-def _evaluate(config: DemoConfig, work: Path) -> dict:
-    from raypipe.crops import read_index
-    from raypipe.evaluate import EvaluateConfig, evaluate_model
-
-    splits = set(read_index(work / "crops")["split"].to_pylist())
-    split = "test" if "test" in splits else "dev"  # NUAA's shared copy has no test images
-    result = evaluate_model(EvaluateConfig(model_uri=f"models:/{config.register}@champion", data=str(work / "crops"),
-                                           split=split, experiment="demo-eval"))
-    return {**result, "split": split}
 
 
 def _serve(config: DemoConfig) -> str:
