@@ -1,0 +1,173 @@
+"""cluster.yaml, the KubeRay manifests and the Serve configs, checked against Ray's own schemas.
+
+Ray's cluster-config schema (``ray/autoscaler/ray-schema.json``, what ``ray up`` validates
+with) and Ray Serve's ``ServeDeploySchema`` (what ``serve deploy`` and KubeRay's
+``serveConfigV2`` are parsed into) come from the installed Ray, so a config that drifts from
+the Ray version we pin fails here, not on a cloud bill. The KubeRay CRDs are not installable
+offline; their required fields are checked by hand below.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import re
+import shlex
+from pathlib import Path
+
+import jsonschema
+import pytest
+import ray
+import yaml
+
+from raypipe.cli import build_parser
+from raypipe.serve.deployments import CLASSIFIER, DETECTOR, INGRESS
+from raypipe.serve.settings import ServeSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+K8S = ROOT / "deploy" / "k8s"
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+def torch_pin() -> str:
+    return re.search(r'TORCH_PAIR="([^"]+)"', (ROOT / "scripts" / "setup.sh").read_text()).group(1)
+
+
+# ------------------------------------------------------------------------- cluster.yaml
+
+
+def ray_cluster_schema() -> dict:
+    import ray.autoscaler
+
+    return json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+
+
+def test_cluster_yaml_passes_rays_schema_and_ray_ups_own_checks():
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = load(ROOT / "cluster.yaml")
+    jsonschema.validate(config, ray_cluster_schema())  # the file as written
+    validate_config(prepare_config(copy.deepcopy(config)))  # merged with Azure's defaults, as `ray up` does
+
+
+@pytest.mark.parametrize("mutate", [
+    lambda c: c["available_node_types"]["ray.worker.gpu"].update(min_worker=0),  # typo'd key
+    lambda c: c.update(idle_timeout_minutes="ten"),
+    lambda c: c["provider"].pop("type"),
+])
+def test_the_schema_check_has_teeth(mutate):
+    config = load(ROOT / "cluster.yaml")
+    mutate(config)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate(config, ray_cluster_schema())
+
+
+def test_cluster_scales_to_the_head_and_has_cpu_and_gpu_workers():
+    config = load(ROOT / "cluster.yaml")
+    assert config["provider"]["type"] == "azure" and config["idle_timeout_minutes"] > 0
+    nodes = config["available_node_types"]
+    workers = {name: node for name, node in nodes.items() if name != config["head_node_type"]}
+    assert all(node["min_workers"] == 0 for node in workers.values())
+    assert any("GPU" not in node["resources"] for node in workers.values())  # preprocessing
+    assert any(node["resources"].get("GPU", 0) >= 1 for node in workers.values())  # training, serving
+    assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}  # no tasks on the head
+    assert sum(node["max_workers"] for node in workers.values()) >= config["max_workers"] > 0
+
+
+def test_cluster_nodes_install_the_project_with_the_pinned_versions():
+    config = load(ROOT / "cluster.yaml")
+    setup = "\n".join(config["setup_commands"])
+    assert config["file_mounts"]["~/raypipe"] == "."
+    assert "pip install -q -e ~/raypipe" in setup and f"ray[default,serve,data,train]=={ray.__version__}" in setup
+    assert torch_pin() in setup and "raypipe fetch-models" in setup
+
+
+# ------------------------------------------------------------------------- Serve configs
+
+
+def serve_configs() -> dict[str, dict]:
+    service = load(K8S / "rayservice.yaml")
+    return {"serve_config.yaml": load(ROOT / "serve_config.yaml"),
+            "rayservice.yaml": yaml.safe_load(service["spec"]["serveConfigV2"])}
+
+
+@pytest.mark.parametrize("name", ["serve_config.yaml", "rayservice.yaml"])
+def test_serve_configs_pass_ray_serves_schema_and_ours(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    config = serve_configs()[name]
+    schema = ServeDeploySchema.model_validate(config)
+    (app,) = schema.applications
+    assert app.import_path == "raypipe.serve.app:build_app"
+    ServeSettings.model_validate(app.args)  # extra="forbid": a typo'd argument fails here
+    deployments = {d.name: d for d in app.deployments}
+    assert set(deployments) == {INGRESS, DETECTOR, CLASSIFIER}
+    for deployment in deployments.values():  # serverless: every deployment can reach zero
+        assert deployment.autoscaling_config["min_replicas"] == 0
+
+
+def test_the_rayservice_serves_the_same_app_with_a_gpu_classifier():
+    local, service = serve_configs()["serve_config.yaml"], serve_configs()["rayservice.yaml"]
+    (local_app,), (service_app,) = local["applications"], service["applications"]
+    assert service_app["args"]["model_uri"] == local_app["args"]["model_uri"]
+    classifier = next(d for d in service_app["deployments"] if d["name"] == CLASSIFIER)
+    assert classifier["ray_actor_options"]["num_gpus"] > 0
+    assert service["http_options"]["host"] == "0.0.0.0"  # reachable through the k8s Service
+    assert service_app["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http")
+
+
+# ------------------------------------------------------------------------- KubeRay manifests
+
+
+def ray_cluster_specs() -> dict[str, dict]:
+    return {"rayservice": load(K8S / "rayservice.yaml")["spec"]["rayClusterConfig"],
+            "rayjob": load(K8S / "rayjob.yaml")["spec"]["rayClusterSpec"]}
+
+
+@pytest.mark.parametrize("path,kind", [("rayservice.yaml", "RayService"), ("rayjob.yaml", "RayJob")])
+def test_manifests_have_kuberays_required_fields(path, kind):
+    manifest = load(K8S / path)
+    assert manifest["apiVersion"] == "ray.io/v1" and manifest["kind"] == kind
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", manifest["metadata"]["name"])  # DNS-1123
+
+
+@pytest.mark.parametrize("name", ["rayservice", "rayjob"])
+def test_ray_cluster_specs_scale_workers_from_zero_with_gpu_selectors(name):
+    spec = ray_cluster_specs()[name]
+    assert spec["rayVersion"] == ray.__version__ and spec["enableInTreeAutoscaling"] is True
+    head = spec["headGroupSpec"]
+    assert isinstance(head["rayStartParams"], dict) and head["rayStartParams"]["num-cpus"] == "0"
+    images = {head["template"]["spec"]["containers"][0]["image"]}
+    for group in spec["workerGroupSpecs"]:
+        assert group["groupName"] and isinstance(group["rayStartParams"], dict)
+        assert group["minReplicas"] == 0 <= group["replicas"] <= group["maxReplicas"]
+        (container,) = group["template"]["spec"]["containers"]
+        images.add(container["image"])
+        assert container["resources"]["requests"] == container["resources"]["limits"]  # guaranteed QoS
+    gpu = [g for g in spec["workerGroupSpecs"] if "nvidia.com/gpu" in g["template"]["spec"]["containers"][0]["resources"]["limits"]]
+    assert gpu, "a GPU worker group"
+    for group in gpu:
+        assert group["template"]["spec"]["nodeSelector"] and group["template"]["spec"]["tolerations"]
+    assert len(images) == 1  # one image everywhere (deploy/docker/Dockerfile)
+
+
+def test_the_rayjob_entrypoint_is_a_job_script_with_flags_raypipe_accepts():
+    from ray.runtime_env import RuntimeEnv
+
+    job = load(K8S / "rayjob.yaml")["spec"]
+    words = shlex.split(job["entrypoint"])
+    assert words[0] == "python" and words[1].startswith("/home/ray/raypipe/jobs/")
+    script = words[1].removeprefix("/home/ray/raypipe/")
+    assert (ROOT / script).is_file()
+    build_parser().parse_args([Path(script).stem, *words[2:]])  # exits (fails) on an unknown flag
+    RuntimeEnv(**yaml.safe_load(job["runtimeEnvYAML"]))  # Ray's own runtime_env validation
+    assert job["shutdownAfterJobFinishes"] is True
+
+
+def test_the_image_installs_the_pinned_torch_and_the_job_scripts():
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
+    assert f"FROM rayproject/ray:{ray.__version__}-py311" in dockerfile
+    assert torch_pin() in dockerfile and "COPY --chown=ray:users jobs ./jobs" in dockerfile
