@@ -241,7 +241,8 @@ def add_demo(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--root", default=None, help="dataset root when --dataset is not 'demo'")
     p.add_argument("--work-dir", default="data/demo", help="crops, MLflow store and checkpoints go here")
     p.add_argument("--model", default="attacknet")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=30,
+                   help="at most; early stopping on dev loss (patience 10) usually ends it sooner")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--limit", type=int, default=None, help="preprocess only N inputs")
     p.add_argument("--port", type=int, default=8000)
@@ -271,7 +272,7 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="all", choices=["train", "dev", "test", "all"])
     p.add_argument("--limit", type=int, default=None, help="preprocess only N inputs")
     p.add_argument("--model", default="attacknet")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=100, help="at most, as in train; early stopping on dev loss")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
                    help="train on GPUs (default: when the cluster has them)")

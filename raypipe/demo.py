@@ -31,7 +31,7 @@ class DemoConfig:
     root: str | None = None
     work_dir: str = "data/demo"
     model: str = "attacknet"
-    epochs: int = 8
+    epochs: int = 30  # at most: early stopping on dev loss usually ends it sooner
     workers: int = 2
     register: str = "attacknet"  # serve_config.yaml serves models:/attacknet@champion
     limit: int | None = None
@@ -59,7 +59,7 @@ def run_demo(config: DemoConfig) -> dict[str, Any]:
     summary["mlflow_ui"] = f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} raypipe mlflow-ui"
     if config.serve:
         url = step("start Ray Serve", lambda: _serve(config))
-        answer = step("ask the endpoint about one image", lambda: _ask(url, _probe_image(dataset, root)))
+        answer = step("ask the endpoint about one image", lambda: _ask(url, *_probe_image(dataset, root)))
         summary.update({"endpoint": f"{url}/v1/detect", "web_page": f"{url}/", "answer": answer})
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
@@ -98,32 +98,37 @@ def _serve(config: DemoConfig) -> str:
     raise RuntimeError(f"the Serve endpoint {url} did not become healthy in 180 s")
 
 
-def _probe_image(dataset: str, root: str) -> Path:
-    """A test-split image of the dataset (any image when it has no test split)."""
+def _probe_image(dataset: str, root: str) -> tuple[Path, str]:
+    """A live test-split image of the dataset (any image when it has none) and its ground truth."""
     from raypipe.datasets import get_adapter
+    from raypipe.datasets.base import LIVE
 
     samples = [s for s in get_adapter(dataset, root).samples() if s.media == "image"]
     test = [s for s in samples if s.split == "test"] or samples
-    return Path(test[0].path)
+    probe = next((s for s in test if s.label == LIVE), test[0])
+    return Path(probe.path), "live" if probe.label == LIVE else "attack"
 
 
-def _ask(url: str, image: Path) -> dict:
+def _ask(url: str, image: Path, truth: str) -> dict:
     body = json.dumps({"image": base64.b64encode(image.read_bytes()).decode()}).encode()
     request = urllib.request.Request(f"{url}/v1/detect", data=body, headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=120) as response:
         answer = json.loads(response.read())
     faces = answer.get("faces", [])
     verdict = ", ".join(f"{f['label']} ({f['confidence']:.2f})" for f in faces) or "no face"
-    print(f"verdict for {image.name}: {verdict}", file=sys.stderr, flush=True)
-    return {"image": image.name, "faces": faces, "model": answer.get("model")}
+    shown = "/".join(image.parts[-2:])
+    print(f"verdict for {shown} (ground truth: {truth}): {verdict}", file=sys.stderr, flush=True)
+    return {"image": shown, "truth": truth, "faces": faces, "model": answer.get("model")}
 
 
 def serve_forever(summary: dict) -> None:
     print(f"\nServing {summary['endpoint']} (web page {summary['web_page']}); "
           f"MLflow UI: {summary['mlflow_ui']}. Ctrl-C to stop.", file=sys.stderr, flush=True)
     try:
+        # Short sleeps: Ctrl-C may be delivered to one of Ray's threads, and Python only runs the
+        # handler when the main thread wakes up; one long sleep left the demo deaf to Ctrl-C.
         while True:
-            time.sleep(3600)
+            time.sleep(0.5)
     except KeyboardInterrupt:
         from ray import serve
 

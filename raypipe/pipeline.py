@@ -19,7 +19,7 @@ class PipelineConfig:
     root: str
     out: str  # preprocess output (local, shared mount or s3://...); train/evaluate read crops from it
     model: str = "attacknet"
-    epochs: int = 8
+    epochs: int = 100  # as `raypipe train`: at most, early stopping on dev loss
     workers: int = 2
     use_gpu: bool | None = None  # None: GPUs when the cluster has them
     register: str = "attacknet"  # serve_config.yaml serves models:/attacknet@champion

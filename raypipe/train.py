@@ -313,13 +313,32 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
             datasets=datasets,
             dataset_config=DataConfig(datasets_to_split=["train"]),  # every rank scores all of dev
         )
-        result = trainer.fit()
+        result = _fit_keeping_sigint_handler(trainer)
         state = _load_final_state(result.checkpoint)
         summary = _finish_run(config, state, run.info.run_id, use_gpu)
         summary["train_samples_per_second"] = _throughput(state["history"], counts["train"])
         mlflow.log_metric("train_samples_per_second", summary["train_samples_per_second"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+def _fit_keeping_sigint_handler(trainer: Any) -> Any:
+    """``trainer.fit()``, then the caller's SIGINT handler back in place.
+
+    Ray Train V2's ``fit`` installs a handler that aborts its controller on Ctrl-C and never
+    removes it; after training that handler calls the finished controller and swallows
+    Ctrl-C, so a process that goes on (``raypipe demo`` serving) could no longer be stopped.
+    """
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return trainer.fit()  # handlers can only be set from the main thread: Ray does not either
+    previous = signal.getsignal(signal.SIGINT)
+    try:
+        return trainer.fit()
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _throughput(history: list[dict], train_counts: dict[str, int]) -> float:
