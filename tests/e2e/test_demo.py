@@ -22,6 +22,11 @@ import pytest
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
+# Resets SIGINT to its default, then execs the command (an exec keeps SIG_DFL but would keep
+# SIG_IGN); thread-safe, unlike Popen's preexec_fn.
+SIGINT_AS_AT_A_TERMINAL = [sys.executable, "-c", "import os, signal, sys; signal.signal(signal.SIGINT, signal.SIG_DFL);"
+                           " os.execv(sys.argv[1], sys.argv[1:])"]
+
 
 def _free_port() -> int:
     with socket.socket() as s:
@@ -37,8 +42,10 @@ def test_demo_answers_from_the_endpoint_keeps_serving_and_stops_on_ctrl_c(tmp_pa
                "--epochs", "1", "--limit", "60", "--port", str(port)]
     stderr_path = tmp_path / "stderr.log"
     with stderr_path.open("w") as stderr:
-        demo = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=stderr, text=True,
-                                start_new_session=True)  # its own process group, like a terminal's job
+        # Its own process group, like a terminal's foreground job, with Ctrl-C handled as at a
+        # terminal: a runner that started us in the background may have left SIGINT ignored.
+        demo = subprocess.Popen([*SIGINT_AS_AT_A_TERMINAL, *command], env=env, stdout=subprocess.PIPE, stderr=stderr,
+                                text=True, start_new_session=True)
         try:
             summary = json.loads(demo.stdout.readline())  # one JSON line, then it keeps serving
             assert _wait_for(stderr_path, "Ctrl-C to stop")
