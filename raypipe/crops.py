@@ -38,7 +38,11 @@ def crops_path(data: str | Path) -> str:
 
 
 def _dataset(data: str | Path) -> pads.Dataset:
-    return pads.dataset(crops_path(data), format="parquet", partitioning="hive")
+    path = crops_path(data)
+    if not storage.is_dir(path):
+        raise FileNotFoundError(f"no face crops at {storage.redact(str(data))}: expected the --out directory "
+                                "of `raypipe preprocess` (with crops/ inside)")
+    return pads.dataset(path, format="parquet", partitioning="hive")
 
 
 def read_index(data: str | Path, datasets: list[str] | None = None) -> pa.Table:

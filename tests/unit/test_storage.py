@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from raypipe import storage
 
 
@@ -47,3 +49,10 @@ def test_redact_hides_credentials_only():
     assert storage.redact("s3://AKIA:secret@bucket/out?region=x") == "s3://***@bucket/out?region=x"
     assert storage.redact("s3://bucket/a@b") == "s3://bucket/a@b"
     assert storage.redact("/data/out") == "/data/out"
+
+
+def test_reading_crops_where_there_are_none_names_what_was_expected(tmp_path):
+    from raypipe import crops
+
+    with pytest.raises(FileNotFoundError, match="raypipe preprocess"):
+        crops.read_index(tmp_path / "not-a-preprocess-output")
