@@ -18,7 +18,9 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -329,9 +331,6 @@ def _fit_keeping_sigint_handler(trainer: Any) -> Any:
     removes it; after training that handler calls the finished controller and swallows
     Ctrl-C, so a process that goes on (``raypipe demo`` serving) could no longer be stopped.
     """
-    import signal
-    import threading
-
     if threading.current_thread() is not threading.main_thread():
         return trainer.fit()  # handlers can only be set from the main thread: Ray does not either
     previous = signal.getsignal(signal.SIGINT)
