@@ -1,4 +1,4 @@
-"""Presentation attack detection metrics (DESIGN section 7), pure numpy.
+"""Presentation attack detection (PAD) metrics for face anti-spoofing, numpy + scikit-learn.
 
 Conventions used by every function here
 ---------------------------------------
@@ -7,16 +7,27 @@ Conventions used by every function here
   probability of the attack class). They must be finite.
 * Decision at a threshold ``t``: a sample is **rejected** (predicted attack)
   iff ``score >= t`` and **accepted** (predicted live) iff ``score < t``.
-* The positive class is **live**, as in the AttackNet paper:
+
+The metrics
+-----------
+* Confusion counts with **live as the positive class**, as in the AttackNet paper:
   TP = live accepted, FN = live rejected, FP = attack accepted, TN = attack rejected.
-  FAR = FP / (FP + TN), FRR = FN / (TP + FN), HTER = (FAR + FRR) / 2.
-* ISO/IEC 30107-3: APCER of one attack type = fraction of that type's attacks
-  accepted; the reported APCER is the worst (largest) type's. BPCER = fraction
-  of live samples rejected; ACER = (APCER + BPCER) / 2. With a single attack
+* FAR = FP / (FP + TN), the attacks accepted; FRR = FN / (TP + FN), the live
+  samples rejected; HTER = (FAR + FRR) / 2, the half total error rate.
+* ISO/IEC 30107-3: APCER of one attack type (print, replay, ...) = fraction of that
+  type's attacks accepted; the reported APCER is the worst (largest) type's. BPCER =
+  fraction of live samples rejected; ACER = (APCER + BPCER) / 2. With a single attack
   type APCER == FAR, BPCER == FRR and ACER == HTER.
+* EER: the error rate where FAR == FRR, read off the ROC; BPCER@APCER: the smallest
+  BPCER among thresholds whose APCER is at most a target (1 %, 5 %, 10 %).
 * ROC in the same live-positive view: ``fpr = FAR(t)`` (attacks accepted),
   ``tpr = 1 - FRR(t)`` (live accepted). A perfect detector (every attack scores
   above every live sample) has AUC 1.0; ties count one half.
+* Precision, recall and F1 per class and accuracy, for the report.
+
+ROC, AUC, the confusion counts and precision/recall/F1 come from ``sklearn.metrics``;
+the PAD-specific ones (FAR/FRR/HTER, APCER/BPCER/ACER, EER, BPCER@APCER and the
+operating thresholds) are computed here.
 
 Candidate thresholds
 --------------------
@@ -26,27 +37,43 @@ value just above the maximum (``np.nextafter(u_k, inf)``, which accepts every
 sample). ``t = u_1`` accepts nothing. All returned thresholds are finite and can
 be used as-is with the decision rule above.
 
+Operating threshold on a dev split
+----------------------------------
+:func:`choose_threshold` applies a rule: ``"eer"`` (default), ``"apcer:T"`` (lowest
+BPCER at APCER <= T) or a fixed number such as ``"0.5"``. Where the rule's optimum is a
+whole range of thresholds (a separable dev set has zero error from its highest live score
+to its lowest attack score), it returns the middle of that range in logit space rather
+than an end, so unseen data gets a margin on both sides.
+
 Undefined values
 ----------------
 A ratio whose denominator is zero is ``nan`` (never silently 0): FAR and APCER
 without attacks, FRR and BPCER without live samples, the precision of a class
 that is never predicted, AUC and EER unless both classes are present.
 ``compute_all`` turns every non-finite float into ``None`` for JSON. The
-``threshold_at_*`` helpers raise ``ValueError`` instead, because a ``nan``
-threshold would silently accept everything. Empty input, length mismatch,
-labels other than 0/1, non-finite scores and non-1-D arrays raise ``ValueError``.
+``threshold_at_*`` helpers and :func:`choose_threshold` raise ``ValueError``
+instead, because a ``nan`` threshold would silently accept everything. Empty
+input, length mismatch, labels other than 0/1, non-finite scores and non-1-D arrays
+raise ``ValueError``.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, Sequence
+import warnings
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from numpy.typing import ArrayLike
+from sklearn import metrics as skm
+from sklearn.exceptions import UndefinedMetricWarning
 
-LIVE, ATTACK = 0, 1
+from raypipe.labels import ATTACK, LIVE  # noqa: F401 - re-exported: the one definition is raypipe.labels
+
 DEFAULT_APCER_TARGETS = (0.01, 0.05, 0.10)
+DEFAULT_THRESHOLD_RULE = "eer"
+LOGIT_CLIP = 1e-6  # logit(p) uses p clipped to [1e-6, 1 - 1e-6]
 _SINGLE_TYPE = "attack"
 
 
@@ -114,48 +141,39 @@ def _candidate_thresholds(s: np.ndarray) -> np.ndarray:
 # ----------------------------------------------------------------------------- at a threshold
 
 
+def _predicted(s: np.ndarray, threshold: float) -> np.ndarray:
+    """Predicted class per sample: ATTACK (rejected) iff score >= threshold, else LIVE."""
+    return np.where(s >= _check_threshold(threshold), ATTACK, LIVE)
+
+
 def confusion_counts(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, int]:
     """Counts with live as positive: tp live accepted, fn live rejected,
     fp attack accepted, tn attack rejected (rejected iff score >= threshold)."""
     y, s = _check_inputs(labels, scores)
-    t = _check_threshold(threshold)
-    rejected = s >= t
-    live = y == LIVE
-    return {
-        "tp": int(np.sum(live & ~rejected)),
-        "fn": int(np.sum(live & rejected)),
-        "fp": int(np.sum(~live & ~rejected)),
-        "tn": int(np.sum(~live & rejected)),
-    }
-
-
-def _prf(tp: int, fp: int, fn: int) -> tuple[float, float, float]:
-    """Precision, recall, F1 of one class; F1 = 2tp / (2tp + fp + fn) (nan only if 0/0)."""
-    return _div(tp, tp + fp), _div(tp, tp + fn), _div(2 * tp, 2 * tp + fp + fn)
+    # rows = true class, columns = predicted class, both in the order (LIVE, ATTACK)
+    (tp, fn), (fp, tn) = skm.confusion_matrix(y, _predicted(s, threshold), labels=[LIVE, ATTACK])
+    return {"tp": int(tp), "fn": int(fn), "fp": int(fp), "tn": int(tn)}
 
 
 def classification_report(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:
-    """Precision/recall/F1 per class and accuracy.
+    """Precision/recall/F1 per class and accuracy (``sklearn.metrics.precision_recall_fscore_support``).
 
     Live: precision = TP/(TP+FP), recall = TP/(TP+FN) = 1 - FRR.
     Attack: precision = TN/(TN+FN), recall = TN/(TN+FP) = 1 - FAR.
     F1 = 2tp/(2tp+fp+fn) of that class, which is the harmonic mean when both
     are defined and 0 when the class has no true positive. A precision or recall
-    with a zero denominator is nan (scikit-learn's ``zero_division=np.nan``).
+    with a zero denominator is nan (``zero_division=np.nan``).
     """
-    c = confusion_counts(labels, scores, threshold)
-    tp, fn, fp, tn = c["tp"], c["fn"], c["fp"], c["tn"]
-    p_l, r_l, f_l = _prf(tp, fp, fn)
-    p_a, r_a, f_a = _prf(tn, fn, fp)
-    return {
-        "accuracy": _div(tp + tn, tp + fn + fp + tn),
-        "precision_live": p_l,
-        "recall_live": r_l,
-        "f1_live": f_l,
-        "precision_attack": p_a,
-        "recall_attack": r_a,
-        "f1_attack": f_a,
-    }
+    y, s = _check_inputs(labels, scores)
+    pred = _predicted(s, threshold)
+    precision, recall, f1, _ = skm.precision_recall_fscore_support(
+        y, pred, labels=[LIVE, ATTACK], zero_division=np.nan
+    )
+    out = {"accuracy": float(np.mean(pred == y))}
+    for cls, name in ((LIVE, "live"), (ATTACK, "attack")):
+        out.update({f"precision_{name}": float(precision[cls]), f"recall_{name}": float(recall[cls]),
+                    f"f1_{name}": float(f1[cls])})
+    return out
 
 
 def far_frr_hter(labels: ArrayLike, scores: ArrayLike, threshold: float) -> dict[str, float]:
@@ -196,7 +214,11 @@ def apcer_bpcer_acer(
 
 
 def _roc_counts(y: np.ndarray, s: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Attacks accepted and live accepted (integer counts) at each candidate threshold."""
+    """Attacks accepted and live accepted (integer counts) at each candidate threshold.
+
+    The EER search uses these exact counts rather than sklearn's float rates, so a tie
+    between FAR and FRR is an exact tie.
+    """
     thr = _candidate_thresholds(s)
     att_acc = _accepted_below(np.sort(s[y == ATTACK]), thr)
     live_acc = _accepted_below(np.sort(s[y == LIVE]), thr)
@@ -210,28 +232,36 @@ def roc_curve(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndar
     (live accepted). The first point (threshold = min score) is (0, 0), the
     last (threshold just above the max score) is (1, 1); tied scores form one
     diagonal step; no point is dropped. An absent class makes its axis all nan.
-    Same points as ``sklearn.metrics.roc_curve(labels, scores, drop_intermediate=False)``
-    (attack-positive: its fpr is our FRR, its tpr our 1 - FAR) in reverse order,
-    with the same thresholds except sklearn's ``inf`` is our finite top one.
+
+    Computed by ``sklearn.metrics.roc_curve(labels, scores, drop_intermediate=False)``,
+    whose attack-positive view uses the same decision rule (attack iff score >= t):
+    its fpr is our FRR and its tpr our 1 - FAR, in reverse order, and its top
+    threshold ``inf`` becomes our finite one.
     """
     y, s = _check_inputs(labels, scores)
-    att_acc, live_acc, thr = _roc_counts(y, s)
-    n_att, n_live = int(np.sum(y == ATTACK)), int(np.sum(y == LIVE))
-    fpr = att_acc / n_att if n_att else np.full(thr.size, np.nan)
-    tpr = live_acc / n_live if n_live else np.full(thr.size, np.nan)
-    return fpr.astype(np.float64), tpr.astype(np.float64), thr
+    with warnings.catch_warnings():
+        # one class only: sklearn warns and gives a nan axis, which is what we document
+        warnings.simplefilter("ignore", UndefinedMetricWarning)
+        sk_fpr, sk_tpr, sk_thr = skm.roc_curve(y, s, pos_label=ATTACK, drop_intermediate=False)
+    thresholds = sk_thr[::-1].astype(np.float64)
+    thresholds[-1] = np.nextafter(thresholds[-2], np.inf)  # sklearn's inf: accept every sample
+    return (1.0 - sk_tpr[::-1]).astype(np.float64), (1.0 - sk_fpr[::-1]).astype(np.float64), thresholds
+
+
+def _both_classes(y: np.ndarray) -> bool:
+    return bool(np.any(y == LIVE) and np.any(y == ATTACK))
 
 
 def auc(labels: ArrayLike, scores: ArrayLike) -> float:
-    """Area under the ROC (trapezoids) = P(attack score > live score) + P(tie)/2.
+    """Area under the ROC (``sklearn.metrics.roc_auc_score``) = P(attack score > live score) + P(tie)/2.
 
     1.0 for a perfect detector, 0.5 for chance or all-tied scores, 0.0 for a
     perfectly inverted one; nan unless both classes are present.
     """
-    fpr, tpr, _ = roc_curve(labels, scores)
-    if np.isnan(fpr).any() or np.isnan(tpr).any():
-        return float("nan")
-    return float(np.sum(np.diff(fpr) * (tpr[1:] + tpr[:-1]) / 2))
+    y, s = _check_inputs(labels, scores)
+    if not _both_classes(y):
+        return float("nan")  # sklearn raises on one class; nan like the other undefined ratios
+    return float(skm.roc_auc_score(y, s))
 
 
 def eer(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
@@ -251,7 +281,7 @@ def eer(labels: ArrayLike, scores: ArrayLike) -> tuple[float, float]:
     if n_att == 0 or n_live == 0:
         return float("nan"), float("nan")
     att_acc, live_acc, thr = _roc_counts(y, s)
-    far, frr = att_acc / n_att, 1.0 - live_acc / n_live
+    far = att_acc / n_att
     # d = FAR - FRR scaled by n_att * n_live: exact integers, so ties are exact
     d = att_acc * n_live - (n_live - live_acc) * n_att
     i = int(np.argmax(d >= 0))  # d[0] < 0 and d[-1] > 0, so 1 <= i <= len-1
@@ -340,6 +370,131 @@ def threshold_at_apcer(
     if idx is None:
         raise ValueError("threshold_at_apcer needs attack samples")
     return float(thr[idx])
+
+
+# ----------------------------------------------------------------------------- threshold rules
+
+
+def parse_threshold_rule(rule: str | float) -> tuple[str, float | None]:
+    """``"eer"`` -> ("eer", None); ``"apcer:T"`` -> ("apcer", T); ``"0.5"`` or 0.5 -> ("fixed", 0.5).
+
+    T and a fixed threshold must lie in [0, 1]; anything else is a ValueError, so a
+    config can be checked before training rather than after it.
+    """
+    if isinstance(rule, (int, float)) and not isinstance(rule, bool):
+        return "fixed", _unit_number(rule, "fixed threshold")
+    if not isinstance(rule, str):
+        raise TypeError(f"threshold rule must be a string or a number, got {type(rule).__name__}")
+    text = rule.strip().lower()
+    if text == "eer":
+        return "eer", None
+    if text.startswith("apcer:"):
+        return "apcer", _unit_number(text.removeprefix("apcer:"), f"APCER target in {rule!r}")
+    try:
+        return "fixed", _unit_number(float(text), "fixed threshold")
+    except ValueError:
+        raise ValueError(
+            f"threshold rule must be 'eer', 'apcer:<target in [0, 1]>' or a threshold in [0, 1]; got {rule!r}"
+        ) from None
+
+
+def _unit_number(value: str | float, what: str) -> float:
+    try:
+        x = float(value)
+    except ValueError:
+        raise ValueError(f"{what} is not a number: {value!r}") from None
+    if not 0.0 <= x <= 1.0:  # also rejects nan
+        raise ValueError(f"{what} must be in [0, 1], got {value!r}")
+    return x
+
+
+def describe_threshold_rule(rule: str | float) -> str:
+    """One line saying what :func:`choose_threshold` does with ``rule`` (for logs and run tags)."""
+    kind, value = parse_threshold_rule(rule)
+    if kind == "fixed":
+        return f"fixed threshold {value:g}"
+    if kind == "eer":
+        return "EER point on dev; on a separable dev set the logit-space middle of the zero-error range"
+    return (f"lowest BPCER at worst-type APCER <= {value:g} on dev, at the logit-space middle "
+            "of the thresholds giving that APCER and BPCER")
+
+
+def choose_threshold(
+    labels: ArrayLike, scores: ArrayLike, rule: str | float = DEFAULT_THRESHOLD_RULE,
+    attack_types: ArrayLike | None = None,
+) -> float:
+    """The operating threshold chosen on a dev split by ``rule`` (see :func:`parse_threshold_rule`).
+
+    * ``"eer"``: the EER threshold (:func:`eer`) when live and attack scores overlap.
+      When the dev set is separable every threshold in (highest live score, lowest
+      attack score] has zero error; the EER point would be its upper end, which lets
+      through any unseen attack scoring just below the dev attacks, so the middle of
+      that range in logit space is returned instead.
+    * ``"apcer:T"``: the lowest BPCER among thresholds with worst-type APCER <= T
+      (as :func:`threshold_at_apcer`), at the logit-space middle of all thresholds
+      that give that same APCER and BPCER.
+    * a number: that fixed threshold; the dev set is not looked at.
+
+    ``logit(p) = log(p / (1 - p))`` with p clipped to [1e-6, 1 - 1e-6], so scores must be
+    probabilities in [0, 1]. Raises ValueError for a bad rule, scores outside [0, 1] or a dev
+    set without live or without attack samples (no boundary between the two can be placed).
+    """
+    kind, value = parse_threshold_rule(rule)
+    if kind == "fixed":
+        return float(value)
+    y, s = _check_dev_set(labels, scores)
+    if kind == "eer":
+        return _eer_rule(y, s)
+    return _apcer_rule(y, s, float(value), attack_types)
+
+
+def _check_dev_set(labels: ArrayLike, scores: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    y, s = _check_inputs(labels, scores)
+    n_live, n_attack = int(np.sum(y == LIVE)), int(np.sum(y == ATTACK))
+    if n_live == 0 or n_attack == 0:
+        raise ValueError(
+            f"choosing a threshold needs live and attack samples on dev; got {n_live} live and "
+            f"{n_attack} attack (a one-class dev split cannot place the live/attack boundary)"
+        )
+    if s.min() < 0.0 or s.max() > 1.0:
+        raise ValueError("threshold rules work in logit space: scores must be probabilities in [0, 1]")
+    return y, s
+
+
+def _eer_rule(y: np.ndarray, s: np.ndarray) -> float:
+    _, t = eer(y, s)
+    highest_live, lowest_attack = s[y == LIVE].max(), s[y == ATTACK].min()
+    if highest_live >= lowest_attack:
+        return t  # overlapping scores: the EER point is a point
+    return _middle(highest_live, lowest_attack, fallback=t)
+
+
+def _apcer_rule(y: np.ndarray, s: np.ndarray, target: float, attack_types: ArrayLike | None) -> float:
+    apcer, bpcer, thr = _apcer_bpcer_curve(y, s, attack_types)
+    best = _best_index_at_apcer(apcer, target)
+    # Candidates are ordered, APCER rises and BPCER falls along them, so the candidates tied
+    # with the best one form a run ending at it; each candidate i stands for (thr[i-1], thr[i]].
+    tied = (apcer == apcer[best]) & (bpcer == bpcer[best])
+    breaks = np.flatnonzero(~tied[:best])
+    first = int(breaks[-1]) + 1 if breaks.size else 0
+    low = thr[first - 1] if first > 0 else -np.inf
+    high = thr[best] if best < thr.size - 1 else np.inf  # the last candidate accepts everything above
+    return _middle(low, high, fallback=thr[best])
+
+
+def _logit(p: float) -> float:
+    p = min(max(p, LOGIT_CLIP), 1.0 - LOGIT_CLIP)
+    return math.log(p / (1.0 - p))
+
+
+def _middle(low: float, high: float, fallback: float) -> float:
+    """A threshold in the range (low, high]: the logit-space middle, else the plain middle
+    (clipping squeezes a range within 1e-6 of 0 or 1 to a point), else ``fallback``."""
+    logit_mid = (_logit(low) + _logit(high)) / 2
+    for t in (1.0 / (1.0 + math.exp(-logit_mid)), (low + high) / 2):
+        if math.isfinite(t) and low < t <= high:
+            return float(t)
+    return float(fallback)
 
 
 # ----------------------------------------------------------------------------- everything

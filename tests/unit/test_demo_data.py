@@ -61,14 +61,13 @@ def test_summary_is_json_and_counts_the_files(demo):
     root, summary = demo
     assert json.loads(json.dumps(summary)) == summary
     pngs = [rel for rel in tree(root) if rel.endswith(".png")]
-    assert summary["images"] == len(pngs) == 180 and 120 <= len(pngs) <= 200
+    assert summary["images"] == len(pngs) == 180
     on_disk = Counter((rel.split("/")[0], kind_of(rel)) for rel in pngs)
     for split, counts in summary["counts"].items():
         assert on_disk[(split, "live")] == counts["live"] > 0
         for kind in ATTACK_TYPES:
             assert on_disk[(split, kind)] == counts["spoof"][kind] == counts["live"]  # one of each per live image
     assert summary["totals"] == {kind: sum(n for (_, k), n in on_disk.items() if k == kind) for kind in KINDS}
-    assert summary["seconds"] < 30  # measured ~8 s of one core here
     assert json.loads((root / MARKER).read_text())["complete"] is True
 
 

@@ -10,6 +10,7 @@ offline; their required fields are checked by hand below.
 from __future__ import annotations
 
 import copy
+import importlib
 import json
 import re
 import shlex
@@ -67,22 +68,25 @@ def test_the_schema_check_has_teeth(mutate):
 
 def test_cluster_scales_to_the_head_and_has_cpu_and_gpu_workers():
     config = load(ROOT / "cluster.yaml")
-    assert config["provider"]["type"] == "azure" and config["idle_timeout_minutes"] > 0
+    assert config["idle_timeout_minutes"] > 0  # the schema allows 0: nodes would go the moment they idle
     nodes = config["available_node_types"]
     workers = {name: node for name, node in nodes.items() if name != config["head_node_type"]}
     assert all(node["min_workers"] == 0 for node in workers.values())
     assert any("GPU" not in node["resources"] for node in workers.values())  # preprocessing
     assert any(node["resources"].get("GPU", 0) >= 1 for node in workers.values())  # training, serving
-    assert nodes[config["head_node_type"]]["resources"] == {"CPU": 0}  # no tasks on the head
     assert sum(node["max_workers"] for node in workers.values()) >= config["max_workers"] > 0
 
 
 def test_cluster_nodes_install_the_project_with_the_pinned_versions():
     config = load(ROOT / "cluster.yaml")
     setup = "\n".join(config["setup_commands"])
-    assert config["file_mounts"]["~/raypipe"] == "."
-    assert "pip install -q -e ~/raypipe" in setup and f"ray[default,serve,data,train]=={ray.__version__}" in setup
-    assert torch_pin() in setup and "raypipe fetch-models" in setup
+    (checkout,) = [remote for remote, local in config["file_mounts"].items() if local == "."]
+    assert f"pip install -q -e {checkout}" in setup  # the mounted checkout is what gets installed
+    assert f"ray[default,serve,data,train]=={ray.__version__}" in setup and torch_pin() in setup
+    raypipe_commands = [shlex.split(c) for c in config["setup_commands"] if c.startswith("raypipe ")]
+    assert raypipe_commands
+    for words in raypipe_commands:
+        build_parser().parse_args(words[1:])  # exits (fails) on an unknown subcommand or flag
 
 
 # ------------------------------------------------------------------------- Serve configs
@@ -101,7 +105,8 @@ def test_serve_configs_pass_ray_serves_schema_and_ours(name):
     config = serve_configs()[name]
     schema = ServeDeploySchema.model_validate(config)
     (app,) = schema.applications
-    assert app.import_path == "raypipe.serve.app:build_app"
+    module, attribute = app.import_path.split(":")
+    assert callable(getattr(importlib.import_module(module), attribute))  # what Serve will import
     ServeSettings.model_validate(app.args)  # extra="forbid": a typo'd argument fails here
     deployments = {d.name: d for d in app.deployments}
     assert set(deployments) == {INGRESS, DETECTOR, CLASSIFIER}
@@ -112,10 +117,10 @@ def test_serve_configs_pass_ray_serves_schema_and_ours(name):
 def test_the_rayservice_serves_the_same_app_with_a_gpu_classifier():
     local, service = serve_configs()["serve_config.yaml"], serve_configs()["rayservice.yaml"]
     (local_app,), (service_app,) = local["applications"], service["applications"]
+    assert service_app["import_path"] == local_app["import_path"]
     assert service_app["args"]["model_uri"] == local_app["args"]["model_uri"]
     classifier = next(d for d in service_app["deployments"] if d["name"] == CLASSIFIER)
     assert classifier["ray_actor_options"]["num_gpus"] > 0
-    assert service["http_options"]["host"] == "0.0.0.0"  # reachable through the k8s Service
     assert service_app["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http")
 
 
@@ -139,7 +144,7 @@ def test_ray_cluster_specs_scale_workers_from_zero_with_gpu_selectors(name):
     spec = ray_cluster_specs()[name]
     assert spec["rayVersion"] == ray.__version__ and spec["enableInTreeAutoscaling"] is True
     head = spec["headGroupSpec"]
-    assert isinstance(head["rayStartParams"], dict) and head["rayStartParams"]["num-cpus"] == "0"
+    assert isinstance(head["rayStartParams"], dict)
     images = {head["template"]["spec"]["containers"][0]["image"]}
     for group in spec["workerGroupSpecs"]:
         assert group["groupName"] and isinstance(group["rayStartParams"], dict)
@@ -164,7 +169,6 @@ def test_the_rayjob_entrypoint_is_a_job_script_with_flags_raypipe_accepts():
     assert (ROOT / script).is_file()
     build_parser().parse_args([Path(script).stem, *words[2:]])  # exits (fails) on an unknown flag
     RuntimeEnv(**yaml.safe_load(job["runtimeEnvYAML"]))  # Ray's own runtime_env validation
-    assert job["shutdownAfterJobFinishes"] is True
 
 
 def test_the_image_installs_the_pinned_torch_and_the_job_scripts():

@@ -1,4 +1,5 @@
-"""Tests for raypipe.metrics: hand-computed cases, degenerate inputs, scikit-learn cross-checks.
+"""Tests for raypipe.metrics: hand-computed cases, degenerate inputs, threshold rules,
+brute-force and independent cross-checks of the metrics computed here (EER, BPCER@APCER).
 
 Conventions under test: label 0 = live, 1 = attack; scores are spoof scores;
 rejected (predicted attack) iff score >= threshold; live is the positive class.
@@ -315,6 +316,130 @@ def test_invalid_threshold_and_types():
         M.bpcer_at_apcer([0, 1], [0.1, 0.2], attack_types=["a", "b", "c"])
 
 
+# ----------------------------------------------------------------------------- threshold rules
+
+
+def logit(p: float) -> float:
+    return math.log(p / (1 - p))
+
+
+def sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x))
+
+
+SEPARABLE = ([0, 0, 1, 1], [0.01, 0.2, 0.9, 0.999])  # zero error for every t in (0.2, 0.9]
+
+
+def test_eer_rule_on_a_separable_dev_set_takes_the_logit_middle_of_the_zero_error_range():
+    y, s = SEPARABLE
+    t = M.choose_threshold(y, s, "eer")
+    # logit(.2) = log(1/4), logit(.9) = log(9): middle log(3/2) -> odds 3/2 -> t = 0.6
+    assert t == pytest.approx(sigmoid((logit(0.2) + logit(0.9)) / 2)) == pytest.approx(0.6)
+    assert M.threshold_at_eer(y, s) == 0.9  # the EER point alone sits at the range's end
+    assert M.far_frr_hter(y, s, t) == {"far": 0.0, "frr": 0.0, "hter": 0.0}
+    assert M.choose_threshold(y, s) == t  # eer is the default rule
+
+
+def test_eer_rule_middle_gives_unseen_attacks_a_margin():
+    # dev attacks all score >= .9996; an unseen session's attacks score .98 to .999
+    dev_y, dev_s = [0, 0, 0, 1, 1], [0.02, 0.1, 0.3, 0.9996, 0.9999]
+    t = M.choose_threshold(dev_y, dev_s)
+    # odds sqrt(3/7 * 9996/4) = sqrt(1071) -> t = 0.9703
+    assert t == pytest.approx(math.sqrt(1071) / (1 + math.sqrt(1071)))
+    unseen = np.array([0.98, 0.99, 0.995, 0.999])
+    assert not np.any(unseen < t)  # all rejected
+    assert np.all(unseen < M.threshold_at_eer(dev_y, dev_s))  # the range's end (.9996) accepts them all
+
+
+def test_eer_rule_on_overlapping_scores_keeps_the_eer_point():
+    assert M.choose_threshold(LABELS_A, SCORES_A, "eer") == pytest.approx(0.4)  # see test_eer_hand
+    # touching (a live and an attack tie at .5) is not separable either:
+    # FAR/FRR at .5: 0 / 1/2, just above .5: 1/2 / 0 -> EER 1/4, |d| tie -> the lower .5
+    assert M.choose_threshold([0, 0, 1, 1], [0.1, 0.5, 0.5, 0.9]) == 0.5
+
+
+def test_eer_rule_range_within_the_logit_clip_uses_the_plain_middle():
+    # both ends clip to 1 - 1e-6, where the logit middle would not lie inside (.9999991, .9999995]
+    t = M.choose_threshold([0, 1], [0.9999991, 0.9999995])
+    assert t == pytest.approx(0.9999993, abs=1e-12)
+
+
+def test_apcer_rule_takes_the_logit_middle_of_the_thresholds_with_the_same_apcer_and_bpcer():
+    # pooled (see test_bpcer_at_apcer_hand): APCER <= .34 up to t = .7 (APCER 2/6, BPCER 0);
+    # at .6 BPCER is 1/4, so exactly (.6, .7] gives (2/6, 0): odds sqrt(1.5 * 7/3) = sqrt(3.5)
+    t = M.choose_threshold(LABELS_A, SCORES_A, "apcer:0.34")
+    assert t == pytest.approx(math.sqrt(3.5) / (1 + math.sqrt(3.5)))  # 0.6517
+    r = M.apcer_bpcer_acer(LABELS_A, SCORES_A, t)
+    assert (r["apcer"], r["bpcer"]) == pytest.approx((2 / 6, 0.0))
+    # per type the best is t = .4 (APCER 1/3, BPCER 1/4), and .3 gives BPCER 2/4: range (.3, .4]
+    t = M.choose_threshold(LABELS_A, SCORES_A, "apcer:0.34", attack_types=TYPES_A)
+    assert t == pytest.approx(sigmoid((logit(0.3) + logit(0.4)) / 2))  # 0.3483
+
+
+def test_apcer_rule_range_can_span_several_scores_with_attack_types():
+    # live .1 .2; print .3 .8; replay .5 .9. Worst-type APCER / BPCER at t = .3: 0 / 0,
+    # t = .5: 1/2 / 0 (print .3 accepted), t = .8: 1/2 / 0 (+ replay .5), t = .9: 1 / 0.
+    # APCER <= .5: best t = .8, tied with .5 -> the range is (.3, .8]
+    y, s, types = [0, 0, 1, 1, 1, 1], [0.1, 0.2, 0.3, 0.8, 0.5, 0.9], ["", "", "print", "print", "replay", "replay"]
+    t = M.choose_threshold(y, s, "apcer:0.5", attack_types=types)
+    assert t == pytest.approx(sigmoid((logit(0.3) + logit(0.8)) / 2))  # 0.5670
+    # APCER <= .25: only t = .3 qualifies with BPCER 0; .2 has BPCER 1/2 -> (.2, .3]
+    assert M.choose_threshold(y, s, "apcer:0.25", attack_types=types) == pytest.approx(
+        sigmoid((logit(0.2) + logit(0.3)) / 2))
+
+
+def test_apcer_rule_on_a_separable_set_matches_the_eer_rule_and_reaches_the_ends():
+    y, s = SEPARABLE
+    assert M.choose_threshold(y, s, "apcer:0") == pytest.approx(0.6)
+    # APCER 1 allowed: accepting everything (every t above .999) is best; middle of (.999, 1 - 1e-6]
+    t = M.choose_threshold(y, s, "apcer:1")
+    assert t == pytest.approx(sigmoid((logit(0.999) + logit(1 - 1e-6)) / 2))
+    assert M.apcer_bpcer_acer(y, s, t)["apcer"] == 1.0
+    # APCER 0 when the lowest score is an attack: accept nothing, t in (-inf, .05] -> above 1e-6
+    t = M.choose_threshold([1, 0], [0.05, 0.5], "apcer:0")
+    assert t == pytest.approx(sigmoid((logit(1e-6) + logit(0.05)) / 2))
+    # ... and when that score is 0 itself the range (-inf, 0] holds no clipped value: t = 0
+    assert M.choose_threshold([1, 0], [0.0, 0.5], "apcer:0") == 0.0
+
+
+@pytest.mark.parametrize("rule, expected", [("0.5", 0.5), (" 0.25 ", 0.25), ("1", 1.0), (0.7, 0.7)])
+def test_fixed_rule_returns_the_number_whatever_the_dev_set(rule, expected):
+    assert M.choose_threshold(LABELS_A, SCORES_A, rule) == expected
+    assert M.choose_threshold([0, 0], [0.1, 0.2], rule) == expected  # a fixed threshold needs no dev set
+
+
+@pytest.mark.parametrize("rule", ["eer", "apcer:0.05"])
+@pytest.mark.parametrize("labels, missing", [([0, 0, 0], "0 attack"), ([1, 1, 1], "0 live")])
+def test_one_class_dev_set_is_refused(rule, labels, missing):
+    with pytest.raises(ValueError, match=missing):
+        M.choose_threshold(labels, [0.1, 0.5, 0.9], rule)
+
+
+@pytest.mark.parametrize("rule", ["median", "", "eer:0.1", "apcer", "apcer:", "apcer:x", "apcer:1.5",
+                                  "apcer:-0.1", "1.5", "-0.1", "nan", "inf", 2.0])
+def test_bad_threshold_rule_is_refused(rule):
+    with pytest.raises(ValueError):
+        M.parse_threshold_rule(rule)
+    with pytest.raises(ValueError):
+        M.choose_threshold(LABELS_A, SCORES_A, rule)
+
+
+@pytest.mark.parametrize("rule", [None, True, ["eer"]])
+def test_threshold_rule_of_the_wrong_type_is_refused(rule):
+    with pytest.raises(TypeError):
+        M.choose_threshold(LABELS_A, SCORES_A, rule)
+
+
+def test_rules_need_probabilities():
+    with pytest.raises(ValueError, match="probabilities"):
+        M.choose_threshold([0, 1], [-2.0, 3.0], "eer")
+
+
+def test_describe_threshold_rule():
+    assert M.describe_threshold_rule("0.5") == "fixed threshold 0.5"
+    assert "EER" in M.describe_threshold_rule("eer") and "0.05" in M.describe_threshold_rule("apcer:0.05")
+
+
 # ----------------------------------------------------------------------------- compute_all
 
 REQUIRED_KEYS = {
@@ -363,43 +488,17 @@ CASES = [(seed, ties) for seed in (0, 1, 2) for ties in (False, True)]
 
 
 @pytest.mark.parametrize("seed, ties", CASES)
-@pytest.mark.parametrize("threshold", [0.0, 0.3, 0.5, 0.7, 1.0, 1.01])
-def test_counts_and_report_match_sklearn(seed, ties, threshold):
-    y, s, _ = _random_case(seed, ties=ties)
-    pred = (s >= threshold).astype(int)  # 1 = predicted attack
-    cm = skm.confusion_matrix(y, pred, labels=[0, 1])  # rows true, cols predicted
-    c = M.confusion_counts(y, s, threshold)
-    assert (c["tp"], c["fn"], c["fp"], c["tn"]) == (cm[0, 0], cm[0, 1], cm[1, 0], cm[1, 1])
-    p, r, f, _ = skm.precision_recall_fscore_support(y, pred, labels=[0, 1], zero_division=np.nan)
-    rep = M.classification_report(y, s, threshold)
-    ours = [rep[f"{m}_{k}"] for m in ("precision", "recall", "f1") for k in ("live", "attack")]
-    np.testing.assert_allclose(ours, [p[0], p[1], r[0], r[1], f[0], f[1]], equal_nan=True)
-    assert rep["accuracy"] == pytest.approx(skm.accuracy_score(y, pred))
-    h = M.far_frr_hter(y, s, threshold)
-    assert h["far"] == pytest.approx(1 - r[1])  # FAR = 1 - attack recall
-    assert h["frr"] == pytest.approx(1 - r[0])  # FRR = 1 - live recall
-
-
-@pytest.mark.parametrize("seed, ties", CASES)
-def test_roc_and_auc_match_sklearn(seed, ties):
+def test_roc_points_are_the_decisions_at_their_thresholds(seed, ties):
+    """The ROC thresholds are usable as-is with our rule (reject iff score >= t)."""
     y, s, _ = _random_case(seed, ties=ties)
     fpr, tpr, thr = M.roc_curve(y, s)
-    # live-positive view == sklearn on (1 - y, -s)
-    sk_fpr, sk_tpr, _ = skm.roc_curve(1 - y, -s, drop_intermediate=False)
-    np.testing.assert_allclose(fpr, sk_fpr)
-    np.testing.assert_allclose(tpr, sk_tpr)
-    # attack-positive sklearn curve uses the very same decision rule (reject iff s >= t)
-    a_fpr, a_tpr, a_thr = skm.roc_curve(y, s, drop_intermediate=False)
-    np.testing.assert_allclose(thr[:-1], a_thr[::-1][:-1])
-    assert np.isinf(a_thr[0]) and np.isfinite(thr[-1]) and thr[-1] > s.max()
-    np.testing.assert_allclose(fpr, 1 - a_tpr[::-1])  # FAR
-    np.testing.assert_allclose(1 - tpr, a_fpr[::-1])  # FRR
-    assert M.auc(y, s) == pytest.approx(skm.roc_auc_score(y, s), abs=1e-12)
-    assert M.auc(y, s) == pytest.approx(skm.auc(fpr, tpr), abs=1e-12)
-    # every ROC point is exactly what far_frr_hter gives at its threshold
+    np.testing.assert_array_equal(thr[:-1], np.unique(s))
+    assert np.isfinite(thr[-1]) and thr[-1] > s.max()
+    assert (fpr[0], tpr[0], fpr[-1], tpr[-1]) == (0.0, 0.0, 1.0, 1.0)
     for k in range(0, thr.size, max(1, thr.size // 25)):
         h = M.far_frr_hter(y, s, thr[k])
         assert (h["far"], 1 - h["frr"]) == pytest.approx((fpr[k], tpr[k]))
+    assert M.auc(y, s) == pytest.approx(skm.auc(fpr, tpr), abs=1e-12)  # AUC is the area under it
 
 
 def _eer_from_sklearn(y, s):
@@ -463,7 +562,7 @@ def test_compute_all_consistent_with_parts():
     json.dumps(out, allow_nan=False)
     assert out["threshold"] == t
     assert out["eer_threshold"] == t and out["eer"] == pytest.approx(M.eer(y, s)[0])
-    assert out["auc"] == pytest.approx(skm.roc_auc_score(y, s))
+    assert out["auc"] == pytest.approx(M.auc(y, s))
     for k, v in M.classification_report(y, s, t).items():
         assert out[k] == pytest.approx(v)
     assert out["apcer_per_type"] == pytest.approx(M.apcer_bpcer_acer(y, s, t, types)["apcer_per_type"])

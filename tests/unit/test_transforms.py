@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import cv2
 import numpy as np
 import pytest
 import torch
 
-from raypipe.models import AugmentConfig, build_transforms, decode_crop, get_spec
+from raypipe.face import decode_crop
+from raypipe.models import AugmentConfig, build_transforms, get_spec
 
 ATTACKNET = get_spec("attacknet")
 RESNET = get_spec("resnet18")
@@ -67,11 +70,35 @@ def test_each_image_in_a_batch_gets_its_own_augmentation(batch):
     assert not all(torch.equal(out[0], out[i]) for i in range(1, 4))
 
 
-def test_paper_defaults():
-    cfg = AugmentConfig()
-    assert (cfg.rotation_degrees, cfg.width_shift, cfg.height_shift, cfg.zoom) == (20.0, 0.2, 0.2, 0.2)
-    assert cfg.shear_degrees == pytest.approx(np.degrees(0.2), abs=0.1)
-    assert cfg.horizontal_flip_p == 0.5 and cfg.enabled
+def test_default_augmentation_mirrors_about_half_the_faces():
+    torch.manual_seed(0)
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    image[:, :, :8] = 255  # a bright left edge: a mirrored image is unmistakable
+    no_affine = replace(AugmentConfig(), rotation_degrees=0.0, width_shift=0.0, height_shift=0.0,
+                        zoom=0.0, shear_degrees=0.0)  # isolate the default flip
+    outputs = build_transforms(ATTACKNET, no_affine, train=True)(image.repeat(200, 1, 1, 1))
+    plain = build_transforms(ATTACKNET, train=False)(image)
+    mirrored = sum(torch.equal(out, plain.flip(-1)) for out in outputs)
+    unchanged = sum(torch.equal(out, plain) for out in outputs)
+    assert mirrored + unchanged == 200  # left-right only, never upside down
+    assert 70 <= mirrored <= 130  # p = 0.5 (seed 0 gives 94)
+
+
+def test_default_augmentation_keeps_the_face_centre_within_a_fifth_of_the_image():
+    torch.manual_seed(0)
+    image = torch.zeros(3, 32, 32, dtype=torch.uint8)
+    image[:, 14:18, 14:18] = 255  # a bright square around the centre (15.5, 15.5)
+    outputs = build_transforms(ATTACKNET, AugmentConfig(), train=True)(image.repeat(300, 1, 1, 1))
+    shifts = []
+    for out in outputs:
+        ys, xs = torch.nonzero(out[0] > 0, as_tuple=True)  # normalised to [-1, 1]: bright is > 0
+        assert len(xs) > 0, "the face left the image"
+        shifts.append((xs.float().mean().item() - 15.5, ys.float().mean().item() - 15.5))
+    largest = np.abs(np.array(shifts)).max(axis=0)
+    # rotation, shear and zoom turn about the centre; only the shift moves it, by up to
+    # 0.2 of the width/height (Keras semantics: a fraction, not pixels), plus sampling
+    assert np.all(largest <= 0.2 * 32 + 1), largest
+    assert np.all(largest >= 4), largest  # and it does move the face
 
 
 def _encode(ext: str, image: np.ndarray) -> bytes:
