@@ -129,8 +129,9 @@ class PatternLayout:
     - ``glob``: glob(s) relative to the root selecting media files.
     - ``regex``: regex(es) tried in order with ``re.search`` on the POSIX path
       relative to the root (case-insensitive). Named groups: ``subject``
-      (required), ``label``, ``attack_type``, ``split``; any other named group
-      goes to ``extras``.
+      (required), ``label``, ``attack_type``, ``split``, ``session``, ``device``
+      (the capture fields of :class:`~raypipe.datasets.base.Sample`); any other
+      named group goes to ``extras``.
     - ``label_map``: raw ``label`` text -> 0/1 (merged over the usual words
       live/real/bonafide -> 0, attack/spoof/fake -> 1).
     - ``attack_type_map``: raw ``attack_type`` text -> attack type name.
@@ -180,9 +181,10 @@ class PatternLayout:
         raw_attack = groups.get("attack_type", "")
         attack_type = "live" if label == LIVE else (
             self.attack_map.get(raw_attack.lower(), raw_attack.lower()) or self.default_attack)
-        extras = {k: v for k, v in groups.items() if k not in ("subject", "label", "attack_type", "split")}
+        extras = {k: v for k, v in groups.items() if k not in _FIELD_GROUPS}
         return {"subject": groups["subject"], "label": label, "attack_type": attack_type,
-                "split": split, "extras": extras}
+                "split": split, "session": groups.get("session"), "device": groups.get("device"),
+                "extras": extras}
 
     def _label(self, groups: dict[str, str]) -> int | None:
         if "label" in groups:
@@ -198,6 +200,10 @@ class PatternLayout:
         if self.subject_split is not None:
             return self.subject_split.get(subject_key(groups["subject"]))
         return "train"
+
+
+#: named regex groups that become Sample fields rather than extras.
+_FIELD_GROUPS = ("subject", "label", "attack_type", "split", "session", "device")
 
 
 def _as_list(value: str | Iterable[str]) -> list[str]:
@@ -244,7 +250,8 @@ class PatternAdapter(DatasetAdapter):
         if media == "hdf5":
             extras["hdf5_key"] = self.options["hdf5_key"]  # None: the frame reader looks for colour frames
         return self.make(path, split=fields["split"], subject=fields["subject"], label=fields["label"],
-                         attack_type=fields["attack_type"], media=media, extras=extras)
+                         attack_type=fields["attack_type"], media=media, session=fields["session"],
+                         device=fields["device"], extras=extras)
 
 
 #: option names of a :class:`PatternAdapter` (defaults are per dataset).

@@ -17,7 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Iterator
 
-LIVE, ATTACK = 0, 1
+from raypipe.labels import ATTACK, LIVE  # noqa: F401 - re-exported: the one definition is raypipe.labels
+
 SPLITS = ("train", "dev", "test")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 VIDEO_EXTENSIONS = (".avi", ".mov", ".mp4", ".mkv", ".webm", ".m4v", ".wmv")
@@ -41,6 +42,17 @@ class Sample:
     ``"hdf5"`` (3DMAD-style frame arrays). Videos are listed once with
     ``frame_index=-1``; preprocessing expands them into frames and gives each
     frame its own ``sample_id``.
+
+    Capture conditions, filled only where the dataset's layout encodes them (None
+    otherwise), so dev splits can hold out conditions training never saw:
+
+    - ``session``: the capture session (time, place, lighting) as the dataset names
+      it, e.g. NUAA ``"02"``; compared within one dataset only.
+    - ``device``: the camera or phone that *recorded* the sample (not the attack
+      instrument), e.g. OULU-NPU ``"phone3"``.
+    - ``pai_type``: presentation attack instrument species, ``"print"``,
+      ``"replay"`` or ``"mask"``; None for live samples. Left None, it is derived
+      from ``attack_type`` when that names a known species (see :func:`pai_species`).
     """
 
     dataset: str
@@ -52,6 +64,9 @@ class Sample:
     rel_path: str  # path relative to the dataset root, POSIX separators; part of the id
     media: str = "image"
     frame_index: int = -1
+    session: str | None = None
+    device: str | None = None
+    pai_type: str | None = None
     extras: dict[str, Any] = field(default_factory=dict)
     sample_id: str = ""
 
@@ -62,6 +77,10 @@ class Sample:
             raise ValueError(f"split must be one of {SPLITS}, got {self.split!r}")
         if self.media not in ("image", "video", "hdf5"):
             raise ValueError(f"unknown media {self.media!r}")
+        if self.label == LIVE and self.pai_type is not None:
+            raise ValueError(f"a live sample has no attack instrument, got pai_type={self.pai_type!r}")
+        if self.label == ATTACK and self.pai_type is None:
+            self.pai_type = pai_species(self.attack_type)
         self.rel_path = Path(self.rel_path).as_posix()
         if not self.sample_id:
             self.sample_id = sample_id(self.dataset, self.rel_path, self.frame_index)
@@ -132,6 +151,29 @@ class DatasetAdapter(abc.ABC):
     def make(self, path: Path, dataset: str | None = None, **fields: Any) -> Sample:
         """Build a Sample for a file under the root (absolute path and rel_path filled in)."""
         return Sample(dataset=dataset or self.name, path=str(path), rel_path=self.rel(path), **fields)
+
+
+#: attack-type words (as adapters and users write them) -> instrument species. Checked in
+#: this order: a "paper_mask" is a mask and a "video_of_photo" a replay, not a print.
+_PAI_WORDS = {
+    "mask": ("mask",),
+    "replay": ("replay", "video", "screen", "display", "monitor", "tablet", "phone", "ipad", "iphone"),
+    "print": ("print", "photo", "paper", "poster", "a4", "warped"),
+}
+
+
+def pai_species(attack_type: str | None) -> str | None:
+    """``"print"``, ``"replay"`` or ``"mask"`` for an attack type that names one, else None.
+
+    Matches whole ``_``/``-``/space separated words (``printed_photo`` -> print,
+    ``silicone_mask`` -> mask); ``"attack"`` or an unknown word gives None rather than a guess.
+    """
+    words = set((attack_type or "").lower().replace("-", "_").replace(" ", "_").split("_"))
+    words |= {w.removesuffix("ed") for w in words}  # printed -> print
+    for species, names in _PAI_WORDS.items():
+        if words & set(names):
+            return species
+    return None
 
 
 def media_of(path: str | Path) -> str:

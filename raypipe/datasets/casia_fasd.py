@@ -15,6 +15,10 @@ Subject folders restart at 1 in ``test_release`` although they are different
 people, so the subject is ``<split>_<folder>`` (``train_1``, ``test_1``) to
 keep subject-disjoint splitting correct. CASIA-FASD has no dev split.
 Extras: ``quality`` (low/normal/high), ``variant``, ``code`` (the file code).
+
+Capture fields: ``device`` = the camera, ``"low_quality"``, ``"normal_quality"``
+or ``"high_quality"`` (three cameras, told apart by the file code);
+``pai_type`` = ``print``/``replay``; ``session`` stays None (not encoded).
 """
 
 from __future__ import annotations
@@ -53,4 +57,6 @@ class CasiaFasdAdapter(DatasetAdapter):
         attack_type, variant, quality = _CODES[code]
         return self.make(path, split=split, subject=f"{split}_{path.parent.name}",
                          label=LIVE if attack_type == "live" else ATTACK, attack_type=attack_type,
-                         media=media_of(path), extras={"quality": quality, "variant": variant, "code": code})
+                         media=media_of(path), device=f"{quality}_quality",
+                         pai_type=None if attack_type == "live" else attack_type,
+                         extras={"quality": quality, "variant": variant, "code": code})

@@ -12,8 +12,10 @@ the folders: index 43 is live (0) / spoof (1); index 40 the spoof type, which
 becomes ``attack_type``: 0 live, 1 ``photo``, 2 ``poster``, 3 ``a4`` (print
 family), 4 ``face_mask``, 5 ``upper_body_mask``, 6 ``region_mask``,
 10 ``3d_mask`` (mask family), 7 ``pc``, 8 ``pad``, 9 ``phone`` (replay family).
-``extras["attack_family"]`` is the coarse family (live/print/replay/mask);
-``illumination`` (index 41) and ``environment`` (index 42) are kept as ints.
+``extras["attack_family"]`` is the coarse family (live/print/replay/mask), and
+also ``pai_type`` for attacks; ``illumination`` (index 41) and ``environment``
+(index 42) are kept as ints. ``session`` and ``device`` stay None (the labels
+do not record them).
 
 Each ``*_BB.txt`` box is in the coordinates of the image scaled to 224x224
 (the dataset's convention): ``extras["bbox"]`` = [x, y, w, h] on that grid,
@@ -82,8 +84,9 @@ class CelebaSpoofAdapter(DatasetAdapter):
             attack_type, family = "attack", "attack"
         extras = {"attack_family": family, "illumination": int(values[41]),
                   "environment": int(values[42]), **self._bbox(path)}
-        yield self.make(path, split=split, subject=_subject(rel), label=label,
-                        attack_type=attack_type, media="image", extras=extras)
+        pai_type = family if family in ("print", "replay", "mask") else None
+        yield self.make(path, split=split, subject=_subject(rel), label=label, attack_type=attack_type,
+                        media="image", pai_type=pai_type, extras=extras)
 
     def _bbox(self, path: Path) -> dict[str, Any]:
         """Box of ``<n>_BB.txt`` (224x224 grid) or Nones when absent/unreadable."""

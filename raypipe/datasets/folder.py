@@ -8,8 +8,12 @@ everything is ``train`` (training carves dev by subject). The subject is the
 text before the first ``_``), else the parent folder's name.
 
 Manifest (option ``manifest``, a CSV path relative to the root or absolute):
-columns ``path,label`` and optionally ``split,subject,attack_type``; ``label`` is
-``0``/``1`` or ``live``/``spoof`` (and the folder names above).
+columns ``path,label`` and optionally ``split,subject,attack_type`` and the
+capture fields ``session,device,pai_type`` (empty cells = unknown); ``label`` is
+``0``/``1`` or ``live``/``spoof`` (and the folder names above). A ``session``
+column lets training hold a session out as dev. The folder layout records no
+session or device; ``pai_type`` follows from the attack type folder when it
+names one (``print``, ``replay``, ``mask``, ...).
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ ATTACK_NAMES = {"spoof", "attack", "fake", "imposter", "1"}
 SPLIT_ALIASES = {"train": "train", "dev": "dev", "devel": "dev", "val": "dev",
                  "valid": "dev", "validation": "dev", "test": "test", "eval": "test"}
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + (".h5", ".hdf5")
+CAPTURE_COLUMNS = ("session", "device", "pai_type")  # optional manifest columns
 
 
 def parse_label(value: str) -> int:
@@ -84,10 +89,11 @@ class FolderAdapter(DatasetAdapter):
         match = re.search(self.options["subject_pattern"], path.name)
         return match.group("subject") if match else path.parent.name
 
-    def _sample(self, path: Path, split: str, label: int, attack_type: str, subject: str | None = None) -> Sample:
+    def _sample(self, path: Path, split: str, label: int, attack_type: str, subject: str | None = None,
+                **capture: str | None) -> Sample:
         return self.make(path, dataset=self.options["dataset_name"], split=split,
                          subject=subject or self._subject(path), label=label, attack_type=attack_type,
-                         media=media_of(path))
+                         media=media_of(path), **capture)
 
     def _scan_manifest(self, manifest: Path) -> Iterator[Sample]:
         manifest = manifest if manifest.is_absolute() else self.root / manifest
@@ -107,4 +113,6 @@ class FolderAdapter(DatasetAdapter):
                 if split not in SPLITS:
                     raise DatasetLayoutError(f"folder: unknown split {row.get('split')!r}")
                 attack_type = (row.get("attack_type") or "").strip() or ("live" if label == LIVE else "attack")
-                yield self._sample(path, split, label, attack_type, (row.get("subject") or "").strip() or None)
+                capture = {key: (row.get(key) or "").strip() or None for key in CAPTURE_COLUMNS}
+                yield self._sample(path, split, label, attack_type, (row.get("subject") or "").strip() or None,
+                                   **capture)

@@ -13,6 +13,11 @@ frame reader which dataset to sample.
 deterministic 1-7 train, 8-12 dev, 13-17 test. Files of subjects in no split
 go to ``report.skipped``. Extras: ``session``, ``shot`` (the ``<n>`` field),
 ``hdf5_key``.
+
+Capture fields: ``session`` = the name's session field as written (``"01"``-
+``"03"``); since session 03 holds every attack and no live video, no session can
+serve as a held-out dev set (split planning then falls back to subjects).
+``pai_type`` = ``"mask"``; ``device`` stays None.
 """
 
 from __future__ import annotations
@@ -50,5 +55,6 @@ class Mad3dAdapter(DatasetAdapter):
         session = int(match["session"])
         attack = session == ATTACK_SESSION
         return self.make(path, split=split, subject=match["subject"], label=ATTACK if attack else LIVE,
-                         attack_type="mask" if attack else "live", media="hdf5",
+                         attack_type="mask" if attack else "live", media="hdf5", session=match["session"],
+                         pai_type="mask" if attack else None,
                          extras={"session": session, "shot": int(match["shot"]), "hdf5_key": "Color_Data"})

@@ -15,6 +15,10 @@ no video goes to ``report.missing`` as ``<list>:client<NNN>``. Attack types:
 ``printed_photo`` -> ``print``; ``ipad_video``/``iphone_video`` -> ``replay``.
 Extras: ``device`` (android/laptop capture), ``resolution`` (SD/HD), ``pai``
 (the attack instrument code), ``scene``.
+
+Capture fields: ``device`` = ``android``/``laptop`` (the recording camera);
+``pai_type`` = ``print``/``replay``; ``session`` stays None (the names' ``scene``
+field stays in extras: the protocol does not split by it).
 """
 
 from __future__ import annotations
@@ -71,4 +75,5 @@ class MsuMfsdAdapter(DatasetAdapter):
                   "pai": pai, "scene": match["scene"].lower()}
         return self.make(path, split=split, subject=f"{int(match['client']):03d}",
                          label=LIVE if pai is None else ATTACK, attack_type=attack_type,
-                         media=media_of(path), extras=extras)
+                         media=media_of(path), device=extras["device"],
+                         pai_type=None if pai is None else attack_type, extras=extras)

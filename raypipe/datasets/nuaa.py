@@ -6,6 +6,13 @@ Layout: ``ClientRaw/<subject>/*.jpg`` (live) and ``ImposterRaw/<subject>/*.jpg``
 Names follow ``ID_glasses_pos_session_picNo.jpg``. Lists name files the disk
 may lack (the shared copy holds the training split only): those are counted in
 ``report.missing``, never fatal. NUAA defines no dev split.
+
+``session`` is the name's session field as written (``"01"``-``"03"``): the
+official training split holds sessions 01 and 02, the test split session 03
+under other lighting, which is why dev is best held out by session. One
+webcam recorded everything, so ``device`` stays None; attacks are hand-held
+printed photos (``pai_type="print"``). ``extras`` keeps the numeric fields
+(``glasses``, ``pos``, ``session``, ``pic``).
 """
 
 from __future__ import annotations
@@ -57,5 +64,7 @@ class NuaaAdapter(DatasetAdapter):
             label=label,
             attack_type="live" if label == LIVE else "print",
             media="image",
+            session=match["session"] if match else None,
+            pai_type=None if label == LIVE else "print",
             extras=extras,
         )

@@ -21,6 +21,10 @@ others are counted in ``report.skipped``. Subject = the User field; extras:
 ``phone``, ``session``, ``pai`` (presentation attack instrument 1/2, 0 for
 real), ``protocol``, ``fold``, ``list_label``, and ``eye_positions`` (the
 per-video ``.txt`` annotation beside the video, when present).
+
+Capture fields: ``session`` = the Session field as written (``"1"``-``"3"``:
+three sessions of different place and lighting), ``device`` = ``"phone<N>"``
+from the Phone field (six smartphones), ``pai_type`` = ``print``/``replay``.
 """
 
 from __future__ import annotations
@@ -107,4 +111,6 @@ class OuluNpuAdapter(DatasetAdapter):
         }
         return self.make(path, split=split, subject=match["user"],
                          label=LIVE if attack_type == "live" else ATTACK,
-                         attack_type=attack_type, media=media_of(path), extras=extras)
+                         attack_type=attack_type, media=media_of(path), session=match["session"],
+                         device=f"phone{int(match['phone'])}",
+                         pai_type=None if attack_type == "live" else attack_type, extras=extras)

@@ -18,6 +18,14 @@ Options: ``include_enroll`` (default False) adds ``enroll/`` videos as live
 samples of their split. Extras: ``support`` (``fixed``/``hand``, None for
 real), ``device``, ``medium``, ``lighting``, ``session``, ``enroll``, and
 ``face_locations`` (absolute path of the ``.face`` box file, or None).
+
+Capture fields: ``session`` = the lighting scenario, ``"controlled"`` (office
+light, uniform background) or ``"adverse"`` (daylight, cluttered background):
+Replay-Attack varies capture conditions by scenario, so that is what a held-out
+session should be; the names' ``sessionNN`` number stays in ``extras["session"]``.
+``device`` = ``"webcam"``: the laptop webcam recorded every video, real or
+attack (the attack device -- print, iPhone, iPad -- is ``extras["device"]``).
+``pai_type`` = ``print``/``replay``; ``fixed``/``hand`` stays in ``extras["support"]``.
 """
 
 from __future__ import annotations
@@ -33,6 +41,7 @@ _SPLIT_DIRS = ("train", "devel", "test")
 _ATTACK_DEVICE = re.compile(r"^attack_(?P<device>highdef|mobile|print)_", re.IGNORECASE)
 _CLIENT = re.compile(r"(?:^|_)client(?P<client>\d+)(?:_|$)", re.IGNORECASE)
 _SESSION = re.compile(r"(?:^|_)session(?P<session>\d+)(?:_|$)", re.IGNORECASE)
+CAPTURE_DEVICE = "webcam"  # one laptop webcam filmed every access, real or attack
 
 
 def parse_name(stem: str) -> dict[str, Any] | None:
@@ -88,4 +97,5 @@ class ReplayAttackAdapter(DatasetAdapter):
                   "face_locations": sidecar(path, ".face", mirror_root=self.root / "face-locations",
                                             root=self.root)}
         return self.make(path, split=split, subject=subject, label=ATTACK if attack else LIVE,
-                         attack_type=attack_type, media=media_of(path), extras=extras)
+                         attack_type=attack_type, media=media_of(path), session=fields["lighting"],
+                         device=CAPTURE_DEVICE, pai_type=attack_type if attack else None, extras=extras)

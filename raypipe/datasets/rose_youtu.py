@@ -10,9 +10,11 @@ File names are ``<code>_<...>_<client>_<index>``; the first field is the
 presentation code: ``G`` genuine; ``Ps`` still / ``Pq`` quivering printed
 paper -> ``print``; ``Vl`` Lenovo / ``Vm`` Mac screen -> ``replay``; ``Mc``,
 ``Mf``, ``Mu`` paper masks -> ``mask`` (``extras["code"]`` keeps the code).
-The third field is kept as ``extras["device"]`` (capture device, e.g. ``5s``)
-and the fields between the code and the client id verbatim in
-``extras["name_fields"]``: their meaning is not verified here.
+The third field is kept as ``extras["device"]`` and as ``device`` (the capture
+device: its values ``5s``, ``HW``, ``IP``, ``ZTE``, ``HS`` match the five
+phones/tablets of the paper), and the fields between the code and the client
+id verbatim in ``extras["name_fields"]``: their other meanings are not verified
+here. ``pai_type`` = the attack type (print/replay/mask); ``session`` stays None.
 
 Subject: the client id from the file name (the second-to-last field), because
 it is present however the files are arranged (lists flatten folders); the
@@ -72,7 +74,8 @@ class RoseYoutuAdapter(DatasetAdapter):
                   "name_fields": fields, "index": int(match["index"]) if match else None}
         return self.make(path, split=split, subject=match["client"] if match else path.parent.name,
                          label=LIVE if attack_type == "live" else ATTACK, attack_type=attack_type,
-                         media=media_of(path), extras=extras)
+                         media=media_of(path), device=extras["device"],
+                         pai_type=None if attack_type == "live" else attack_type, extras=extras)
 
 
 def _entry_name(entry: str) -> str:

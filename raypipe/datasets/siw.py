@@ -12,6 +12,10 @@ three evaluation protocols are rules over these fields (frames, medium,
 attack type), not lists, so they are left to the evaluation stage; the fields
 are in ``extras``: ``sensor``, ``medium``, ``session`` (ints) and
 ``face_locations`` (absolute path of the ``.face`` file, or None).
+
+Capture fields: ``session`` = the name's session field as written, ``device`` =
+``"sensor<N>"`` from the sensor field (the two cameras), ``pai_type`` =
+``print``/``replay``.
 """
 
 from __future__ import annotations
@@ -60,4 +64,6 @@ class SiwAdapter(DatasetAdapter):
         extras = {"sensor": int(match["sensor"]), "medium": int(match["medium"]),
                   "session": int(match["session"]), "face_locations": sidecar(path, ".face")}
         return self.make(path, split=split, subject=match["sid"], label=label,
-                         attack_type=attack_type, media=media_of(path), extras=extras)
+                         attack_type=attack_type, media=media_of(path), session=match["session"],
+                         device=f"sensor{int(match['sensor'])}",
+                         pai_type=None if label == LIVE else attack_type, extras=extras)

@@ -32,6 +32,11 @@ def kinds(samples: dict[str, Sample]) -> dict[str, tuple[str, str, int, str]]:
     return {rel: (s.split, s.subject, s.label, s.attack_type) for rel, s in samples.items()}
 
 
+def conditions(samples: dict[str, Sample]) -> dict[str, tuple[str | None, str | None, str | None]]:
+    """rel_path -> (session, device, pai_type)."""
+    return {rel: (s.session, s.device, s.pai_type) for rel, s in samples.items()}
+
+
 # -- the contract, for every registered adapter ----------------------------------------------------
 
 
@@ -61,6 +66,23 @@ def test_sample_records_are_consistent(trees, name):
         assert s.media == media_of(rel)
         assert s.sample_id == sample_id(name, rel, -1)
         assert s.to_record()["extras"] == s.extras
+        record = s.to_record()
+        assert (record["session"], record["device"], record["pai_type"]) == (s.session, s.device, s.pai_type)
+        assert all(v is None or (isinstance(v, str) and v) for v in (s.session, s.device, s.pai_type)), rel
+        assert s.pai_type in ((None,) if s.label == LIVE else (None, "print", "replay", "mask")), rel
+
+
+def test_pai_type_is_derived_from_the_attack_type_and_never_set_on_live():
+    def make(label: int, attack_type: str, **fields) -> Sample:
+        return Sample(dataset="d", split="train", subject="1", label=label, attack_type=attack_type,
+                      path="/x.jpg", rel_path="x.jpg", **fields)
+
+    assert [make(ATTACK, t).pai_type for t in ("printed_photo", "ipad_video", "silicone_mask", "attack")] == [
+        "print", "replay", "mask", None]
+    assert make(ATTACK, "photo", pai_type="replay").pai_type == "replay"  # an adapter's own value wins
+    assert make(LIVE, "live").pai_type is None
+    with pytest.raises(ValueError, match="live"):
+        make(LIVE, "live", pai_type="print")
 
 
 @pytest.mark.parametrize("name", sorted(BUILDERS))
@@ -118,11 +140,26 @@ def test_nuaa(trees):
     assert kinds(samples) == {
         "ClientRaw/0001/0001_00_00_01_0.jpg": ("train", "0001", LIVE, "live"),
         "ClientRaw/0001/0001_01_00_01_5.jpg": ("train", "0001", LIVE, "live"),
+        "ClientRaw/0001/0001_00_00_02_1.jpg": ("train", "0001", LIVE, "live"),
         "ImposterRaw/0001/0001_00_00_01_0.jpg": ("train", "0001", ATTACK, "print"),
-        "ClientRaw/0002/0002_00_00_01_0.jpg": ("test", "0002", LIVE, "live"),
-        "ImposterRaw/0002/0002_00_00_02_3.jpg": ("test", "0002", ATTACK, "print"),
+        "ImposterRaw/0001/0001_00_00_02_4.jpg": ("train", "0001", ATTACK, "print"),
+        "ClientRaw/0002/0002_00_00_03_0.jpg": ("test", "0002", LIVE, "live"),
+        "ImposterRaw/0002/0002_00_00_03_3.jpg": ("test", "0002", ATTACK, "print"),
     }
     assert samples["ClientRaw/0001/0001_01_00_01_5.jpg"].extras == {"glasses": 1, "pos": 0, "session": 1, "pic": 5}
+
+
+def test_nuaa_capture_fields(trees):
+    samples, _ = scan(trees["nuaa"])
+    assert conditions(samples) == {
+        "ClientRaw/0001/0001_00_00_01_0.jpg": ("01", None, None),
+        "ClientRaw/0001/0001_01_00_01_5.jpg": ("01", None, None),
+        "ClientRaw/0001/0001_00_00_02_1.jpg": ("02", None, None),
+        "ImposterRaw/0001/0001_00_00_01_0.jpg": ("01", None, "print"),
+        "ImposterRaw/0001/0001_00_00_02_4.jpg": ("02", None, "print"),
+        "ClientRaw/0002/0002_00_00_03_0.jpg": ("03", None, None),
+        "ImposterRaw/0002/0002_00_00_03_3.jpg": ("03", None, "print"),
+    }
 
 
 def test_oulu_npu_protocol_1(trees):
@@ -140,6 +177,19 @@ def test_oulu_npu_protocol_1(trees):
     e = samples["Test_files/2_1_36_1.avi"].extras
     assert (e["phone"], e["session"], e["pai"], e["protocol"], e["fold"], e["list_label"]) == (2, 1, 0, 1, None, "+1")
     assert samples["Train_files/1_1_01_3.avi"].extras["pai"] == 2
+
+
+def test_oulu_npu_capture_fields(trees, tmp_path):
+    samples, _ = scan(trees["oulu_npu"])
+    got = conditions(samples)
+    assert got["Train_files/1_1_01_1.avi"] == ("1", "phone1", None)
+    assert got["Train_files/1_1_01_3.avi"] == ("1", "phone1", "print")
+    assert got["Dev_files/1_1_21_4.avi"] == ("1", "phone1", "replay")
+    assert got["Test_files/2_1_36_1.avi"] == ("1", "phone2", None)
+    write_video(tmp_path / "3_2_05_4.avi", 1)  # phone 3, session 2: the two fields are not swapped
+    write_text(tmp_path / "Protocols/Protocol_1/Test.txt", "-2,3_2_05_4\n")
+    (sample,) = get_adapter("oulu_npu", tmp_path).samples()
+    assert (sample.session, sample.device, sample.pai_type) == ("2", "phone3", "replay")
 
 
 def test_oulu_npu_protocol_3_folds_pick_their_lists(trees):
@@ -201,6 +251,23 @@ def test_replay_attack(trees):
         "face_locations"] is None
 
 
+def test_replay_attack_capture_fields(trees):
+    samples, _ = scan(trees["replay_attack"])
+    got = conditions(samples)
+    assert got["train/real/client001_session01_webcam_authenticate_adverse_1.mov"] == ("adverse", "webcam", None)
+    assert got["train/real/client001_session01_webcam_authenticate_controlled_2.mov"] == (
+        "controlled", "webcam", None)
+    assert got["train/attack/fixed/attack_highdef_client001_session01_highdef_photo_adverse.mov"] == (
+        "adverse", "webcam", "replay")
+    assert got["train/attack/hand/attack_print_client001_session01_highdef_photo_controlled.mov"] == (
+        "controlled", "webcam", "print")
+    assert got["test/attack/hand/attack_mobile_client003_session01_mobile_video_controlled.mov"] == (
+        "controlled", "webcam", "replay")
+    # the support and the attack device stay in extras
+    hand = samples["train/attack/hand/attack_mobile_client001_session01_mobile_video_adverse.mov"].extras
+    assert (hand["support"], hand["device"]) == ("hand", "mobile")
+
+
 def test_replay_attack_enroll_is_opt_in(trees):
     without, _ = scan(trees["replay_attack"])
     with_enroll, _ = scan(trees["replay_attack"], include_enroll=True)
@@ -229,6 +296,8 @@ def test_casia_fasd(trees):
     assert {s.subject for s in samples.values() if s.split == "train"}.isdisjoint(
         {s.subject for s in samples.values() if s.split == "test"})
     assert report.skipped == ["train_release/2/9.avi"]
+    assert conditions(samples)["train_release/1/HR_1.avi"] == (None, "high_quality", None)
+    assert conditions(samples)["test_release/1/4.avi"] == (None, "normal_quality", "print")
 
 
 def test_msu_mfsd(trees):
@@ -244,6 +313,9 @@ def test_msu_mfsd(trees):
     }
     extras = samples["scene01/attack/attack_client002_laptop_HD_printed_photo_scene01.mov"].extras
     assert extras == {"device": "laptop", "resolution": "HD", "pai": "printed_photo", "scene": "scene01"}
+    got = conditions(samples)
+    assert got["scene01/attack/attack_client002_laptop_HD_printed_photo_scene01.mov"] == (None, "laptop", "print")
+    assert got["scene01/real/real_client002_android_SD_scene01.mp4"] == (None, "android", None)
     assert report.skipped == ["scene01/real/real_client055_android_SD_scene01.mp4"]
 
 
@@ -271,6 +343,10 @@ def test_rose_youtu(trees):
     }
     extras = samples["3/Pq_WT_ZTE_b_E_3_2.mp4"].extras
     assert (extras["code"], extras["device"], extras["index"]) == ("Pq", "ZTE", 2)
+    got = conditions(samples)
+    assert got["3/Pq_WT_ZTE_b_E_3_2.mp4"] == (None, "ZTE", "print")
+    assert got["2/Mc_NT_IP_g_E_2_1.mp4"] == (None, "IP", "mask")
+    assert got["2/G_NT_5s_g_E_2_1.mp4"] == (None, "5s", None)
     assert report.skipped == ["3/Mf_NT_5s_g_E_3_1.mp4"]
 
 
@@ -314,6 +390,11 @@ def test_celeba_spoof(trees):
     assert (photo["bbox"], photo["bbox_score"], photo["bbox_ref_size"]) == ([61, 45, 61, 112], 0.9970805, 224)
     assert (photo["illumination"], photo["environment"]) == (2, 1)
     assert samples["Data/train/10002/spoof/000003.jpg"].extras["bbox"] is None  # no _BB.txt
+    assert {rel: s.pai_type for rel, s in samples.items()} == {
+        "Data/train/10001/live/000001.jpg": None, "Data/train/10001/spoof/000002.png": "print",
+        "Data/train/10002/spoof/000003.jpg": "replay", "Data/test/20001/live/000004.jpg": None,
+        "Data/test/20001/spoof/000005.jpg": "mask"}
+    assert {(s.session, s.device) for s in samples.values()} == {(None, None)}
     assert report.skipped == ["Data/train/10002/live/000098.jpg"]
 
 
@@ -342,6 +423,10 @@ def test_siw(trees):
     assert samples["Train/live/003/003-1-1-1-1.mov"].extras["face_locations"] == str(
         tree.root.resolve() / "Train/live/003/003-1-1-1-1.face")
     assert report.skipped == ["Train/spoof/003/003-1-1-1-3.mov"]
+    got = conditions(samples)
+    assert got["Train/spoof/003/003-2-3-4-1.mov"] == ("1", "sensor2", "replay")
+    assert got["Test/live/007/007-2-1-1-2.mov"] == ("2", "sensor2", None)
+    assert got["Train/spoof/003/003-1-2-1-1.mov"] == ("1", "sensor1", "print")
 
 
 def test_3dmad_default_split(trees):
@@ -354,6 +439,11 @@ def test_3dmad_default_split(trees):
     }
     sample = next(s for s in samples.values() if s.rel_path.endswith("08_02_03.hdf5"))
     assert sample.media == "hdf5" and sample.extras == {"session": 2, "shot": 3, "hdf5_key": "Color_Data"}
+    assert {Path(rel).name: (s.session, s.device, s.pai_type) for rel, s in samples.items()} == {
+        "01_01_01.hdf5": ("01", None, None), "01_03_01.hdf5": ("03", None, "mask"),
+        "08_02_03.hdf5": ("02", None, None), "08_03_02.hdf5": ("03", None, "mask"),
+        "13_01_05.hdf5": ("01", None, None), "13_03_01.hdf5": ("03", None, "mask"),
+    }
     assert report.skipped == ["session01/Data/18_01_01.hdf5"]
 
 
@@ -376,6 +466,7 @@ def test_csmad_default_guess(trees):
         "attack/STAND/B/002_stand_B_02.h5": ("train", "002", ATTACK, "silicone_mask", "STAND"),
     }
     assert all(s.media == "hdf5" and s.extras["hdf5_key"] is None for s in samples.values())
+    assert {s.pai_type for s in samples.values() if s.label == ATTACK} == {"mask"}  # from "silicone_mask"
     assert report.skipped == ["calibration/cal_01.h5"]
 
 
@@ -401,6 +492,12 @@ def test_csmad_is_configurable(tmp_path):
     assert adapter.report.skipped == ["videos/real_11_a.avi"]  # subject 11 in no split
     with pytest.raises(DatasetLayoutError, match="regex"):
         get_adapter("csmad", tmp_path, glob="videos/*.avi").samples()  # default regex matches nothing
+    # session/device groups become the capture fields, not extras
+    regex = r"(?P<label>real|fake)_(?P<subject>\d+)_(?P<session>\w)"
+    with_session = get_adapter("csmad", tmp_path, **{**options, "regex": regex}).samples()
+    assert {(s.rel_path, s.session, s.extras.get("session")) for s in with_session} == {
+        ("videos/real_07_a.avi", "a", None), ("videos/fake_07_b.avi", "b", None),
+        ("videos/fake_09_a.avi", "a", None)}
     with pytest.raises(ValueError, match="subject"):
         get_adapter("csmad", tmp_path, regex=r"(?P<label>real)")
     with pytest.raises(ValueError, match="label_map"):
@@ -436,6 +533,24 @@ def test_folder(trees):
     }
     assert samples["test/spoof/replay/dave_1.mp4"].media == "video"
     assert report.skipped == ["train/live/notes.txt"]
+    assert conditions(samples)["test/spoof/replay/dave_1.mp4"] == (None, None, "replay")
+    assert conditions(samples)["train/live/alice_1.jpg"] == (None, None, None)
+
+
+def test_folder_manifest_capture_columns(tmp_path):
+    for rel in ("a.jpg", "b.jpg", "c.jpg"):
+        write_image(tmp_path / rel, 1)
+    write_text(tmp_path / "list.csv", "path,label,subject,session,device,pai_type,attack_type\n"
+                                      "a.jpg,live,s1,day1,cam0,,\n"
+                                      "b.jpg,spoof,s1,day2,,,printed_photo\n"
+                                      "c.jpg,spoof,s2,,,replay,tablet\n")
+    got = {s.rel_path: (s.session, s.device, s.pai_type)
+           for s in get_adapter("folder", tmp_path, manifest="list.csv").samples()}
+    assert got == {"a.jpg": ("day1", "cam0", None), "b.jpg": ("day2", None, "print"),
+                   "c.jpg": (None, None, "replay")}
+    write_text(tmp_path / "bad.csv", "path,label,pai_type\na.jpg,live,print\n")
+    with pytest.raises(ValueError, match="live"):
+        get_adapter("folder", tmp_path, manifest="bad.csv").samples()
 
 
 def test_generated_media_are_readable(trees):
