@@ -1,9 +1,11 @@
 """THE face pipeline: decode -> detect -> expand -> crop -> resize.
 
-Preprocessing (Ray Data) and serving (Ray Serve) both call :class:`FacePipeline`
-with the same :class:`FaceConfig`, so the crop a model is trained on is
-byte-for-byte the crop it is served (training/serving skew is the classic
-failure of liveness systems). This module imports nothing else of raypipe.
+Preprocessing (Ray Data) and serving (Ray Serve) both call
+:meth:`FacePipeline.process` with the same :class:`FaceConfig`, so the crop a model
+is trained on is byte-for-byte the crop it is served (training/serving skew is the
+classic failure of liveness systems). The stored crop holds generous context
+(``expand``); each model cuts its own region from it with :func:`expanded_region`
+and :func:`cut_region`, the same geometry. This module imports nothing else of raypipe.
 
 Detector: MediaPipe Tasks ``FaceDetector`` with BlazeFace. MediaPipe 1.x ships
 no model file, so :func:`resolve_model_path` finds one: a configured path, else
@@ -21,9 +23,10 @@ import subprocess
 import sys
 import tempfile
 import threading
+import time
 import weakref
 import zipfile
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
@@ -154,16 +157,22 @@ def resolve_model_path(model: str = "short_range", configured: str | None = None
 class FaceConfig:
     """Every parameter that changes a crop; its hash is the Parquet ``pipeline_version``."""
 
-    model: str = "short_range"  # or "full_range" for small or distant faces
+    model: str = field(default="short_range", metadata={
+        "help": "BlazeFace short_range, or full_range for small or distant faces", "flag": "--face-model",
+        "choices": ("short_range", "full_range")})
     model_path: str | None = None  # a configured model file wins over the cache
-    min_score: float = 0.5
-    expand: float = 1.5  # context factor around the detector box (MiniFASNet uses 2.7 / 4.0)
-    crop_size: int = 256
+    min_score: float = field(default=0.5, metadata={"help": "minimum detector score"})
+    # Context stored around the detector box: enough for every registered model, each of which
+    # cuts its own region from the stored crop (its CropSpec); MiniFASNet V1SE wants 4.0.
+    expand: float = field(default=4.0, metadata={"help": "context factor around the detector box"})
+    crop_size: int = field(default=256, metadata={"help": "side of the stored square crop"})
     max_bytes: int = 20 * 1024 * 1024
     max_pixels: int = 50_000_000  # checked from the header, before any full decode
     min_side: int = 32  # below this nothing resembling a face can be found
     crop_format: str = "png"  # lossless: JPEG re-encoding destroys print/moire texture cues
-    png_compression: int = 1  # fast; the bytes stay lossless whatever the level
+    png_compression: int = field(default=1, metadata={  # fast; the bytes stay lossless whatever the level
+        "help": "PNG level 0-9 (lossless either way; 0 is ~10x faster to write, 2.5x larger)", "flag": "--png-level",
+        "choices": tuple(range(10))})
 
     def __post_init__(self) -> None:
         if self.crop_format not in ("png", "webp"):
@@ -172,6 +181,13 @@ class FaceConfig:
             raise ValueError(f"model must be one of {sorted(MODELS)}, got {self.model!r}")
         if self.expand < 1.0 or self.crop_size < 16:
             raise ValueError("expand must be >= 1.0 and crop_size >= 16")
+
+    CROP_FIELDS = ("model", "min_score", "expand", "crop_size", "crop_format")
+
+    def crop_settings(self) -> dict:
+        """The fields that define a crop (stored with a trained model, so serving can cut
+        the same crops); the guards and the model file's location are not among them."""
+        return {name: getattr(self, name) for name in self.CROP_FIELDS}
 
     def version(self) -> str:
         """Short hash of the crop-defining parameters (not of the guards or the model path)."""
@@ -209,21 +225,26 @@ class FaceCrop:
     def det_score(self) -> float:
         return self.detection.score
 
+    @property
+    def box_in_crop(self) -> tuple[float, float, float, float]:
+        return box_in_crop(self.detection.box, self.crop_box, self.crop.shape[0])
+
 
 @dataclass
 class FaceResult:
-    """Primary face crop plus every detection (serving reports all faces)."""
+    """Every face of one image, primary first, each with its crop (serving reports all faces;
+    preprocessing stores the primary)."""
 
-    primary: FaceCrop
-    detections: list[Detection]  # primary first
+    detections: list[Detection]  # every face found, primary first
+    faces: list[FaceCrop]  # the primary's crop, or every face's (``process(all_faces=True)``)
     source_width: int
     source_height: int
+    decode_ms: float = 0.0
+    detect_ms: float = 0.0  # detection and cropping
 
-    def to_dict(self) -> dict:
-        return {"box": list(self.primary.box), "det_score": self.primary.det_score,
-                "keypoints": [list(k) for k in self.primary.detection.keypoints],
-                "detections": [asdict(d) for d in self.detections],
-                "source_width": self.source_width, "source_height": self.source_height}
+    @property
+    def primary(self) -> FaceCrop:
+        return self.faces[0]
 
 
 # --------------------------------------------------------------------------------------
@@ -299,9 +320,17 @@ def encode_crop(crop: np.ndarray, config: FaceConfig = FaceConfig()) -> bytes:
     return buf.tobytes()
 
 
-def decode_crop(data: bytes) -> np.ndarray:
-    """Stored crop bytes -> uint8 HxWx3 RGB."""
-    return cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
+def decode_crop(data: bytes | bytearray | memoryview) -> np.ndarray:
+    """Stored crop bytes (PNG/WebP/JPEG) -> uint8 HxWx3 RGB; grey or RGBA come out as RGB.
+
+    OpenCV rather than torchvision.io, whose codecs are deprecated since 0.29.
+    Raises ValueError when the bytes do not decode.
+    """
+    buffer = np.frombuffer(data, dtype=np.uint8)
+    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
+    if bgr is None:
+        raise ValueError("cannot decode crop bytes (empty or not an image)")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 # --------------------------------------------------------------------------------------
@@ -316,39 +345,60 @@ def primary_index(detections: Sequence[Detection], width: int, height: int) -> i
     return min(range(len(detections)), key=lambda i: key(detections[i]))
 
 
-def expanded_square(box: Sequence[int], width: int, height: int, expand: float) -> tuple[int, int, int]:
-    """Square (x0, y0, side) around ``box`` enlarged by ``expand``, adapted to the image.
+def expanded_region(box: Sequence[float], width: int, height: int, scale: float,
+                    shape: str = "square") -> tuple[int, int, int, int]:
+    """The region (x0, y0, w, h) around ``box`` = (x, y, w, h) enlarged ``scale`` times about its
+    centre, adapted to a ``width`` x ``height`` image.
 
-    Adaptive: context never grows past the image's short side (a close-up keeps the
-    face instead of becoming mostly padding), and the square is shifted to stay inside
-    the image where it fits; only what cannot fit is padded.
+    One rule for both cuts the product makes: the stored context crop from the source
+    image (``FaceConfig.expand``, square) and each model's input from the stored crop
+    (the model's ``CropSpec``). Adaptive: context never grows past the image (a close-up
+    keeps the face instead of becoming mostly padding), and the region is shifted to
+    stay inside the image where it fits; only what cannot fit is padded.
+
+    ``"square"``: a square of the box's longer side. ``"box"``: the box's own aspect,
+    the scale capped so the region fits the image (Silent-Face's crop rule).
     """
-    x, y, w, h = box
-    face_side = max(w, h)
-    side = max(face_side, min(face_side * expand, min(width, height)))
-    side = max(1, int(round(side)))
+    x, y, w, h = (float(v) for v in box)
+    if shape == "square":
+        face_side = max(w, h)
+        side = max(face_side, min(face_side * scale, min(width, height)))
+        region_w = region_h = max(1, int(round(side)))
+    elif shape == "box":
+        fit = max(1.0, min(scale, width / max(w, 1e-6), height / max(h, 1e-6)))
+        region_w, region_h = max(1, int(round(w * fit))), max(1, int(round(h * fit)))
+    else:
+        raise ValueError(f"shape must be 'square' or 'box', got {shape!r}")
     cx, cy = x + w / 2.0, y + h / 2.0
-    x0, y0 = int(round(cx - side / 2.0)), int(round(cy - side / 2.0))
-    x0 = min(max(x0, 0), width - side) if side <= width else (width - side) // 2
-    y0 = min(max(y0, 0), height - side) if side <= height else (height - side) // 2
-    return x0, y0, side
+    x0, y0 = int(round(cx - region_w / 2.0)), int(round(cy - region_h / 2.0))
+    x0 = min(max(x0, 0), width - region_w) if region_w <= width else (width - region_w) // 2
+    y0 = min(max(y0, 0), height - region_h) if region_h <= height else (height - region_h) // 2
+    return x0, y0, region_w, region_h
 
 
-def crop_square(image: np.ndarray, x0: int, y0: int, side: int, size: int) -> np.ndarray:
-    """Cut the square (zero-padding outside the image) and resize to ``size``x``size``."""
+def cut_region(image: np.ndarray, x0: int, y0: int, w: int, h: int, size: int) -> np.ndarray:
+    """Cut the region (zero-padding outside the image) and resize it to ``size`` x ``size``."""
     height, width = image.shape[:2]
     ix0, iy0 = max(x0, 0), max(y0, 0)
-    ix1, iy1 = min(x0 + side, width), min(y0 + side, height)
+    ix1, iy1 = min(x0 + w, width), min(y0 + h, height)
     patch = image[iy0:iy1, ix0:ix1]
-    pad = (iy0 - y0, y0 + side - iy1, ix0 - x0, x0 + side - ix1)
+    pad = (iy0 - y0, y0 + h - iy1, ix0 - x0, x0 + w - ix1)
     if any(pad):
         patch = cv2.copyMakeBorder(patch, *pad, cv2.BORDER_CONSTANT, value=(0, 0, 0))
     # Up to a 2x reduction, bilinear samples without aliasing; INTER_LINEAR_EXACT is also
     # bit-exact across CPUs (a server on other hardware makes the very crop training saw)
     # and 3-5x faster than INTER_AREA here (0.2-0.4 ms against 0.75-1.8 ms). Beyond 2x,
     # the area filter is needed to avoid aliasing.
-    interpolation = cv2.INTER_AREA if side > 2 * size else cv2.INTER_LINEAR_EXACT
+    interpolation = cv2.INTER_AREA if max(w, h) > 2 * size else cv2.INTER_LINEAR_EXACT
     return np.ascontiguousarray(cv2.resize(patch, (size, size), interpolation=interpolation))
+
+
+def box_in_crop(box: Sequence[int], crop_box: Sequence[int], crop_size: int) -> tuple[float, float, float, float]:
+    """The detector's box in the stored crop's pixels (the crop is ``crop_box`` = (x0, y0, side)
+    of the source, resized to ``crop_size``): what a model's own region is cut around."""
+    x0, y0, side = crop_box
+    f = crop_size / side
+    return ((box[0] - x0) * f, (box[1] - y0) * f, box[2] * f, box[3] * f)
 
 
 # --------------------------------------------------------------------------------------
@@ -420,34 +470,25 @@ class FacePipeline:
 
     def crop(self, rgb: np.ndarray, detection: Detection) -> FaceCrop:
         height, width = rgb.shape[:2]
-        x0, y0, side = expanded_square(detection.box, width, height, self.config.expand)
-        return FaceCrop(crop_square(rgb, x0, y0, side, self.config.crop_size), detection, (x0, y0, side))
+        x0, y0, side, _ = expanded_region(detection.box, width, height, self.config.expand, "square")
+        return FaceCrop(cut_region(rgb, x0, y0, side, side, self.config.crop_size), detection, (x0, y0, side))
 
-    def process(self, data: bytes | np.ndarray) -> FaceResult:
-        """Encoded bytes or an RGB frame -> primary face crop and all detections.
+    def process(self, data: bytes | np.ndarray, all_faces: bool = False) -> FaceResult:
+        """Encoded bytes or an RGB frame -> the primary face's crop (every face's with
+        ``all_faces``) and their detections: the one entry of preprocessing and serving.
 
         Raises a :class:`FaceError` subclass for inputs that give no crop.
         """
+        start = time.perf_counter()
         rgb = decode_image(data, self.config) if isinstance(data, (bytes, bytearray, memoryview)) else self._check_frame(data)
+        decoded = time.perf_counter()
         detections = self.detect(rgb)
         if not detections:
-            raise NoFaceFound("no face found")
+            raise NoFaceFound("no face found in the image")
+        faces = [self.crop(rgb, d) for d in (detections if all_faces else detections[:1])]
         height, width = rgb.shape[:2]
-        return FaceResult(self.crop(rgb, detections[0]), detections, width, height)
-
-    def process_all(self, rgb: np.ndarray) -> list[FaceCrop]:
-        """Crops of every face in a decoded image (serving), primary first."""
-        return [self.crop(rgb, d) for d in self.detect(rgb)]
-
-    def process_batch(self, items: Sequence[bytes | np.ndarray]) -> list[FaceResult | FaceError]:
-        """Per-item results; a bad item gives its FaceError and never affects its neighbours."""
-        results: list[FaceResult | FaceError] = []
-        for item in items:
-            try:
-                results.append(self.process(item))
-            except FaceError as exc:
-                results.append(exc)
-        return results
+        return FaceResult(detections, faces, width, height, (decoded - start) * 1000,
+                          (time.perf_counter() - decoded) * 1000)
 
     def encode(self, crop: np.ndarray) -> bytes:
         return encode_crop(crop, self.config)

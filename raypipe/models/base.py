@@ -29,6 +29,30 @@ DEFAULT_COSINE_SCALE = 30.0
 HEAD_TYPES = ("linear", "cosine")
 
 
+CROP_SHAPES = ("square", "box")
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+@dataclass(frozen=True)
+class CropSpec:
+    """The face region a model looks at, relative to the detector's box.
+
+    ``scale``: the box scaled about its centre (context around the face); ``shape``:
+    ``"square"`` (a square of the box's longer side, as preprocessing cuts) or ``"box"``
+    (the box's own aspect, stretched to the square input, as Silent-Face's MiniFASNet
+    crops). Every model's input is cut from the stored context crop by
+    :func:`raypipe.models.transforms.model_inputs` with this spec, in training,
+    evaluation and serving alike.
+    """
+
+    scale: float = 1.5
+    shape: str = "square"
+
+    def __post_init__(self) -> None:
+        if self.scale < 1.0 or self.shape not in CROP_SHAPES:
+            raise ValueError(f"crop scale must be >= 1 and shape one of {CROP_SHAPES}, got {self}")
+
+
 @dataclass(frozen=True)
 class ModelSpec:
     """What the data pipeline needs to know to feed a model."""
@@ -39,6 +63,12 @@ class ModelSpec:
     std: tuple[float, float, float]
     embedding_dim: int
     description: str = ""
+    crop: CropSpec = CropSpec()  # the face region the model was designed for
+    channels: str = "rgb"  # "bgr": weights trained on OpenCV's channel order (Silent-Face)
+
+    def __post_init__(self) -> None:
+        if self.channels not in CHANNEL_ORDERS:
+            raise ValueError(f"channels must be one of {CHANNEL_ORDERS}, got {self.channels!r}")
 
 
 class CosineHead(nn.Module):

@@ -1,10 +1,11 @@
-"""From stored face crops (encoded bytes, 256x256 RGB) to normalised model inputs.
+"""From stored face crops (256x256 RGB with generous context) to normalised model inputs.
 
-``build_transforms(spec, augment, train)`` returns a callable taking uint8
-images -- a CHW / BCHW tensor, or an HWC / BHWC numpy array as produced by
-:func:`decode_crop` -- and returning float32 tensors normalised with the
-model's mean/std at ``spec.input_size``. Tensors stay on their device, so the
-same transform runs on a GPU batch.
+Two steps: :func:`model_inputs` cuts each model's own face region from the stored
+crop (its ``spec.crop``) at ``spec.input_size`` (uint8, numpy), then
+``build_transforms(spec, augment, train)`` returns a callable taking those uint8
+images -- a CHW / BCHW tensor, or an HWC / BHWC numpy array -- and returning float32
+tensors normalised with the model's mean/std (and channel order). Tensors stay on
+their device, so the same transform runs on a GPU batch.
 
 Order: resize (antialiased) -> augment -> to float -> normalise. Augmenting
 after the resize is cheaper (AttackNet works at 32x32) and matches the paper,
@@ -15,53 +16,26 @@ otherwise draw one set of parameters for the whole batch).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import cv2
 import numpy as np
 import torch
 from torch import nn
 from torchvision.transforms import v2
 
+from raypipe.config import AugmentConfig
+from raypipe.face import cut_region, expanded_region
 from raypipe.models.base import ModelSpec
 
 
-@dataclass
-class AugmentConfig:
-    """The paper's augmentation (Keras ImageDataGenerator style), in torchvision terms.
-
-    - rotation: uniform in +-``rotation_degrees``.
-    - shift: up to ``width_shift`` / ``height_shift`` of the width / height.
-    - shear: the paper's 0.2 is read as radians (old Keras semantics), 0.2 rad = 11.5 deg.
-    - zoom: scale uniform in [1 - zoom, 1 + zoom] (Keras ``zoom_range=0.2``).
-    - horizontal flip with probability ``horizontal_flip_p`` (faces are left-right symmetric).
-    Areas uncovered by the affine transform are filled with black (Keras would
-    repeat the edge pixels; torchvision only fills with a constant).
-    """
-
-    enabled: bool = True
-    rotation_degrees: float = 20.0
-    width_shift: float = 0.2
-    height_shift: float = 0.2
-    shear_degrees: float = 11.5
-    zoom: float = 0.2
-    horizontal_flip_p: float = 0.5
-
-    def build(self) -> v2.Compose | None:
-        """The random part of the pipeline, or None when disabled."""
-        if not self.enabled:
-            return None
-        return v2.Compose(
-            [
-                v2.RandomAffine(
-                    degrees=self.rotation_degrees,
-                    translate=(self.width_shift, self.height_shift),
-                    scale=(1.0 - self.zoom, 1.0 + self.zoom),
-                    shear=self.shear_degrees,
-                ),
-                v2.RandomHorizontalFlip(p=self.horizontal_flip_p),
-            ]
-        )
+def build_augmentation(config: AugmentConfig) -> v2.Compose | None:
+    """The random part of the training pipeline (see :class:`raypipe.config.AugmentConfig`),
+    or None when disabled."""
+    if not config.enabled:
+        return None
+    return v2.Compose([
+        v2.RandomAffine(degrees=config.rotation_degrees, translate=(config.width_shift, config.height_shift),
+                        scale=(1.0 - config.zoom, 1.0 + config.zoom), shear=config.shear_degrees),
+        v2.RandomHorizontalFlip(p=config.horizontal_flip_p),
+    ])
 
 
 def _as_tensor(images: torch.Tensor | np.ndarray) -> torch.Tensor:
@@ -87,9 +61,11 @@ class FaceTransform(nn.Module):
         self.to_input = v2.Compose([v2.ToDtype(torch.float32, scale=True), v2.Normalize(spec.mean, spec.std)])
 
     def forward(self, images: torch.Tensor | np.ndarray) -> torch.Tensor:
-        x = self.resize(_as_tensor(images))
+        x = self.resize(_as_tensor(images))  # a no-op on model_inputs() output, already at size
         if self.augment is not None:
             x = torch.stack([self.augment(img) for img in x]) if x.ndim == 4 else self.augment(x)
+        if self.spec.channels == "bgr":  # weights trained on OpenCV's channel order
+            x = x.flip(-3)
         return self.to_input(x)
 
 
@@ -98,18 +74,25 @@ def build_transforms(spec: ModelSpec, augment: AugmentConfig | None = None, trai
 
     Eval mode (``train=False``) is deterministic: resize and normalise only.
     """
-    return FaceTransform(spec, augment.build() if (train and augment is not None) else None)
+    return FaceTransform(spec, build_augmentation(augment) if (train and augment is not None) else None)
 
 
-def decode_crop(data: bytes | bytearray | memoryview) -> np.ndarray:
-    """Encoded crop (PNG/JPEG/WebP as stored in Parquet) -> uint8 HxWx3 RGB array.
+def model_inputs(crops: np.ndarray, boxes_in_crop: np.ndarray, spec: ModelSpec) -> np.ndarray:
+    """Stored context crops -> the model's own face regions, uint8 B x S x S x 3 (S = input size).
 
-    OpenCV rather than torchvision.io, whose codecs are deprecated since 0.29.
-    Grey or RGBA images come out as 3-channel RGB. Raises ValueError if the
-    bytes do not decode.
+    THE one function from a stored crop to what a model sees (before float conversion and
+    normalisation): training (:mod:`raypipe.crops`), evaluation and serving all call it, so
+    a served model gets pixel for pixel the input it was trained on. ``boxes_in_crop``
+    holds each crop's detector box in crop pixels (:func:`raypipe.face.box_in_crop`); the
+    region is that box enlarged by ``spec.crop`` with the same rule that cut the stored crop.
     """
-    buffer = np.frombuffer(data, dtype=np.uint8)
-    bgr = cv2.imdecode(buffer, cv2.IMREAD_COLOR) if buffer.size else None
-    if bgr is None:
-        raise ValueError("cannot decode crop bytes (empty or not an image)")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)  # OpenCV decodes to BGR; the crops are RGB
+    crops = np.asarray(crops, dtype=np.uint8)
+    boxes = np.asarray(boxes_in_crop, dtype=np.float64).reshape(-1, 4)
+    if crops.ndim != 4 or crops.shape[-1] != 3 or len(crops) != len(boxes):
+        raise ValueError(f"expected B x H x W x 3 crops with one box each, got {crops.shape} and {boxes.shape}")
+    out = np.empty((len(crops), spec.input_size, spec.input_size, 3), np.uint8)
+    for i, (crop, box) in enumerate(zip(crops, boxes)):
+        height, width = crop.shape[:2]
+        x0, y0, w, h = expanded_region(box, width, height, spec.crop.scale, spec.crop.shape)
+        out[i] = cut_region(crop, x0, y0, w, h, spec.input_size)
+    return out

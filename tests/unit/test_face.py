@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from raypipe import face
-from raypipe.face import Detection, FaceConfig, FacePipeline
+from raypipe.face import Detection, FaceConfig
 from tests.fixtures.images import astronaut_rgb, bad_inputs, encode, grace_hopper_rgb
 
 
@@ -77,27 +77,40 @@ def test_frames_are_checked_like_images(face_pipeline):
 # -- geometry ---------------------------------------------------------------------------
 
 def test_expanded_square_inside_the_image_is_centred():
-    x0, y0, side = face.expanded_square((100, 100, 50, 60), 640, 480, 1.5)
-    assert side == 90  # max(50, 60) * 1.5
+    x0, y0, side, height = face.expanded_region((100, 100, 50, 60), 640, 480, 1.5)
+    assert side == height == 90  # max(50, 60) * 1.5
     assert (x0 + side / 2, y0 + side / 2) == pytest.approx((125, 130), abs=1)
 
 
 def test_expanded_square_shifts_to_stay_inside_at_the_border():
-    x0, y0, side = face.expanded_square((0, 0, 100, 100), 640, 480, 2.0)
-    assert (x0, y0, side) == (0, 0, 200)
+    assert face.expanded_region((0, 0, 100, 100), 640, 480, 2.0) == (0, 0, 200, 200)
 
 
 def test_expansion_adapts_to_close_ups():
     # a face 400 px high in a 480 px image: 1.5x would be 600 px, mostly padding
-    x0, y0, side = face.expanded_square((120, 40, 400, 400), 640, 480, 1.5)
+    x0, y0, side, _ = face.expanded_region((120, 40, 400, 400), 640, 480, 1.5)
     assert side == 480 and 0 <= x0 <= 640 - 480 and y0 == 0
 
 
-def test_crop_square_pads_outside_the_image():
+def test_box_shape_keeps_the_aspect_and_caps_the_scale_to_fit():
+    # Silent-Face's rule: 100x150 box scaled 2.7 -> 270x405, inside 640x480
+    assert face.expanded_region((270, 165, 100, 150), 640, 480, 2.7, "box") == (185, 38, 270, 405)
+    # scale 4.0 would be 600 px high in a 480 px image: capped to 480/150 = 3.2 -> 320x480, shifted in
+    assert face.expanded_region((270, 20, 100, 150), 640, 480, 4.0, "box") == (160, 0, 320, 480)
+    with pytest.raises(ValueError, match="shape"):
+        face.expanded_region((0, 0, 10, 10), 64, 64, 2.0, "circle")
+
+
+def test_cut_region_pads_outside_the_image():
     image = np.full((10, 10, 3), 200, np.uint8)
-    crop = face.crop_square(image, -5, -5, 20, 20)
+    crop = face.cut_region(image, -5, -5, 20, 20, 20)
     assert crop.shape == (20, 20, 3)
     assert crop[0, 0].tolist() == [0, 0, 0] and crop[10, 10].tolist() == [200, 200, 200]
+
+
+def test_box_in_crop_maps_source_pixels_to_crop_pixels():
+    # a 100 px box at (150, 120) inside the source square (100, 50, side 400) stored at 256 px
+    assert face.box_in_crop((150, 120, 100, 100), (100, 50, 400), 256) == pytest.approx((32.0, 44.8, 64.0, 64.0))
 
 
 def test_primary_face_is_the_largest_then_the_most_central():
@@ -133,14 +146,10 @@ def test_primary_face_among_several(face_pipeline):
     assert len(result.detections) >= 2
     assert result.primary.box[0] < 360  # the larger face on the left
     assert result.primary.detection.area == max(d.area for d in result.detections)
-    assert len(face_pipeline.process_all(canvas)) == len(result.detections)
-
-
-def test_batch_isolates_bad_items(face_pipeline):
-    good = encode(astronaut_rgb(), "PNG")
-    results = face_pipeline.process_batch([good, b"", good])
-    assert isinstance(results[1], face.EmptyInput)
-    assert np.array_equal(results[0].primary.crop, results[2].primary.crop)
+    assert len(result.faces) == 1  # preprocessing crops the primary only ...
+    every = face_pipeline.process(canvas, all_faces=True)  # ... serving every face, primary first
+    assert len(every.faces) == len(result.detections)
+    assert np.array_equal(every.faces[0].crop, result.primary.crop)
 
 
 def test_encoded_crop_is_lossless_and_deterministic(face_pipeline):

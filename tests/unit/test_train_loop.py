@@ -1,4 +1,4 @@
-"""train_one_epoch / evaluate / splits / thresholds as plain functions: no Ray needed."""
+"""train_one_epoch / evaluate / splits as plain functions: no Ray needed (threshold rules: test_metrics)."""
 
 from __future__ import annotations
 
@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from raypipe import crops, metrics
+from raypipe import crops
 from raypipe.models import AugmentConfig, build_transforms, get_spec
-from raypipe.train import TrainConfig, build_model_and_loss, choose_threshold, collate, evaluate, train_one_epoch
+from raypipe.train import TrainConfig, build_model_and_loss, collate, evaluate, train_one_epoch
 from tests.fixtures.crops import make_crops_dir
 
 
@@ -77,25 +77,3 @@ def test_evaluate_returns_aligned_deterministic_scores(small_data):
     assert ((0 <= first["scores"]) & (first["scores"] <= 1)).all()
     assert sorted(set(first["labels"].tolist())) == [0, 1]
     assert set(first["attack_types"]) == {"live", "print", "replay"}
-
-
-def test_threshold_rules():
-    labels = np.array([0, 0, 0, 1, 1, 1])
-    scores = np.array([0.1, 0.2, 0.6, 0.5, 0.8, 0.9])
-    assert choose_threshold(labels, scores, "eer") == metrics.threshold_at_eer(labels, scores)
-    strict = choose_threshold(labels, scores, "apcer:0.0")
-    assert metrics.apcer_bpcer_acer(labels, scores, strict)["apcer"] == 0.0
-    with pytest.raises(ValueError):
-        choose_threshold(labels, scores, "median")
-
-
-def test_training_resize_is_the_serving_resize(small_data):
-    """Ray Data resizes crops once; serving resizes inside the transform: same pixels."""
-    spec = get_spec("attacknet")
-    row = crops._dataset(small_data.root).to_table(columns=["crop"]).column("crop")[0].as_py()
-    from raypipe.models import decode_crop
-
-    crop = decode_crop(row)
-    pre_resized = crops.resize_batch(crop[None], spec)[0]
-    serve_tf = build_transforms(spec, None, train=False)
-    assert torch.equal(serve_tf(crop[None]), serve_tf(pre_resized[None]))
