@@ -7,11 +7,13 @@ progress go to stderr so the line can be piped (`raypipe preprocess ... | tail -
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
 import sys
-from typing import Callable, Sequence
+import typing
+from typing import Any, Callable, Sequence
 
 # Quiet MediaPipe/LiteRT's C++ INFO lines before anything imports it.
 os.environ.setdefault("GLOG_minloglevel", "2")
@@ -34,27 +36,73 @@ def emit(summary: dict) -> None:
 
 
 # --------------------------------------------------------------------------------------
+# Flags from the config dataclasses: default, type and help have one source (raypipe.config).
+
+
+def _flag(f: dataclasses.Field) -> str:
+    return f.metadata.get("flag") or "--" + f.name.replace("_", "-")
+
+
+def _parse_list(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+def add_fields(parser: argparse.ArgumentParser, config: type, names: Sequence[str], prefix: str = "") -> None:
+    """One flag per named field of the dataclass ``config``; ``prefix`` namespaces the dests
+    (``face.expand``) so nested configs are rebuilt by :func:`from_args`."""
+    fields = {f.name: f for f in dataclasses.fields(config)}
+    hints = typing.get_type_hints(config)
+    for name in names:
+        f, kind = fields[name], hints[name]
+        args = typing.get_args(kind)
+        base = next((a for a in args if a is not type(None)), kind) if args else kind
+        has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
+        default = f.default if f.default is not dataclasses.MISSING else None
+        help_text = f.metadata.get("help", "")
+        options: dict[str, Any] = {"dest": prefix + name, "help": help_text + (f" (default: {default})" if
+                                                                              has_default and default is not None else "")}
+        if "choices" in f.metadata:
+            options["choices"] = f.metadata["choices"]
+        if base is bool:
+            options.update(action=argparse.BooleanOptionalAction, default=default)
+        elif typing.get_origin(base) is list:
+            options.update(type=_parse_list, default=default, required=not has_default, metavar="A,B,...")
+        else:
+            options.update(type=base, default=default, required=not has_default)
+            if "choices" not in options:
+                options["metavar"] = name.upper()
+        parser.add_argument(_flag(f), **options)
+
+
+def from_args(config: type, args: argparse.Namespace, prefix: str = "", **values: Any) -> Any:
+    """The dataclass ``config`` from the flags :func:`add_fields` added (others keep defaults)."""
+    parsed = vars(args)
+    for f in dataclasses.fields(config):
+        if prefix + f.name in parsed and f.name not in values:
+            values[f.name] = parsed[prefix + f.name]
+    return config(**values)
+
+
+def add_address(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+
+
+# --------------------------------------------------------------------------------------
+
+PREPROCESS_FIELDS = ["dataset", "root", "out", "split", "frames_per_video", "every", "limit", "workers"]
+FACE_FIELDS = ["expand", "crop_size", "model", "min_score", "png_compression"]
 
 
 def add_preprocess(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import PreprocessConfig
+    from raypipe.face import FaceConfig
+
     p = sub.add_parser("preprocess", help="dataset -> face crops as Parquet (Ray Data)")
-    p.add_argument("--dataset", required=True, help="adapter name, e.g. nuaa, oulu_npu, folder")
-    p.add_argument("--root", required=True, help="dataset root in its native layout")
-    p.add_argument("--out", required=True, help="output directory (local, NFS, or s3://...)")
-    p.add_argument("--split", default="all", choices=["train", "dev", "test", "all"])
-    p.add_argument("--frames-per-video", type=int, default=5, help="N evenly spaced frames per video")
-    p.add_argument("--every", type=int, default=None, help="every k-th frame instead of N evenly spaced")
-    p.add_argument("--expand", type=float, default=1.5, help="context factor around the detector box")
-    p.add_argument("--crop-size", type=int, default=256)
-    p.add_argument("--face-model", default="short_range", choices=["short_range", "full_range"])
-    p.add_argument("--min-score", type=float, default=0.5, help="minimum detector score")
-    p.add_argument("--png-level", type=int, default=1, choices=range(0, 10), metavar="0-9",
-                   help="PNG compression of the crops (lossless either way; 0 is ~10x faster to write, 2.5x larger)")
-    p.add_argument("--limit", type=int, default=None, help="a deterministic pseudo-random subset of N inputs")
-    p.add_argument("--workers", type=int, default=None, help="face-cropper actors (default: cluster CPUs)")
+    add_fields(p, PreprocessConfig, PREPROCESS_FIELDS)
+    add_fields(p, FaceConfig, FACE_FIELDS, prefix="face.")
     p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
                    help="adapter option, e.g. --option protocol=2 --option fold=3 (repeatable)")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    add_address(p)
 
 
 def parse_options(pairs: Sequence[str]) -> dict:
@@ -70,17 +118,19 @@ def parse_options(pairs: Sequence[str]) -> dict:
     return options
 
 
+def preprocess_config(args: argparse.Namespace) -> Any:
+    from raypipe.config import PreprocessConfig
+    from raypipe.face import FaceConfig
+
+    return from_args(PreprocessConfig, args, face=from_args(FaceConfig, args, prefix="face."),
+                     adapter_options=parse_options(args.option))
+
+
 @command("preprocess")
 def cmd_preprocess(args: argparse.Namespace) -> dict:
-    from raypipe.face import FaceConfig
-    from raypipe.preprocess import PreprocessConfig, run_preprocess
+    from raypipe.preprocess import run_preprocess
 
-    face = FaceConfig(model=args.face_model, expand=args.expand, crop_size=args.crop_size, min_score=args.min_score,
-                      png_compression=args.png_level)
-    config = PreprocessConfig(dataset=args.dataset, root=args.root, out=args.out, split=args.split,
-                              frames_per_video=args.frames_per_video, every=args.every, limit=args.limit,
-                              face=face, workers=args.workers, adapter_options=parse_options(args.option))
-    return run_preprocess(config, address=args.address)
+    return run_preprocess(preprocess_config(args), address=args.address)
 
 
 def add_fetch_models(sub: argparse._SubParsersAction) -> None:
@@ -107,100 +157,71 @@ def cmd_demo_data(args: argparse.Namespace) -> dict:
     return make_demo_dataset(args.out, seed=args.seed)
 
 
-def add_train(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("train", help="train a detector on Parquet crops (Ray Train), log to MLflow, register")
-    p.add_argument("--data", required=True, help="preprocess output directory (or its crops/ folder)")
-    p.add_argument("--model", default="attacknet", help="attacknet, resnet18, mobilenet_v3_small, shufflenet_v2_x0_5")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--batch-size", type=int, default=64)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=10, help="early stopping on dev loss")
-    p.add_argument("--workers", type=int, default=2, help="Ray Train workers (DDP)")
-    p.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
-                   help="use GPUs (default: when the cluster has them)")
-    p.add_argument("--loss", default="ce", help="ce, am_softmax, ce+0.1*similarity, ...")
+# Every TrainConfig field a user sets from the command line (the rest keep their defaults).
+TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "use_gpu", "loss", "pretrained",
+                "datasets", "dev_by", "dev_fraction", "threshold_rule", "cross_data", "experiment", "run_name",
+                "register", "promote", "storage_path", "seed", "tracking_uri"]
+
+
+def add_train_fields(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
+    from raypipe.config import TrainConfig
+
+    add_fields(p, TrainConfig, names, prefix="train.")
     p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
-    p.add_argument("--pretrained", default=None, help="'imagenet' (if cached locally) or a weights file")
-    p.add_argument("--datasets", default=None, help="comma-separated datasets of the data directory")
-    p.add_argument("--threshold-rule", default="eer", help="eer or apcer:<target>, chosen on dev")
-    p.add_argument("--experiment", default="raypipe")
-    p.add_argument("--run-name", default=None)
-    p.add_argument("--register", default=None, help="registered model name")
-    p.add_argument("--promote", action="store_true", help="move the 'champion' alias to the new version")
-    p.add_argument("--storage-path", default=None, help="Ray Train checkpoints (local, NFS, s3://)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or local)")
+
+
+def train_config(args: argparse.Namespace, **values: Any) -> Any:
+    from raypipe.config import AugmentConfig, TrainConfig
+
+    return from_args(TrainConfig, args, prefix="train.", augment=AugmentConfig(enabled=not args.no_augment), **values)
+
+
+def add_train(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import TrainConfig
+
+    p = sub.add_parser("train", help="train a detector on Parquet crops (Ray Train), log to MLflow, register")
+    add_fields(p, TrainConfig, ["data"], prefix="train.")
+    add_train_fields(p, TRAIN_FIELDS)
+    add_address(p)
 
 
 @command("train")
 def cmd_train(args: argparse.Namespace) -> dict:
-    from raypipe.models import AugmentConfig
-    from raypipe.train import TrainConfig, run_training
+    from raypipe.train import run_training
 
-    config = TrainConfig(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
-                         lr=args.lr, patience=args.patience, workers=args.workers, use_gpu=args.use_gpu,
-                         loss=args.loss, augment=AugmentConfig(enabled=not args.no_augment),
-                         pretrained=args.pretrained, datasets=split_list(args.datasets),
-                         threshold_rule=args.threshold_rule, experiment=args.experiment, run_name=args.run_name,
-                         register=args.register, promote=args.promote, storage_path=args.storage_path, seed=args.seed)
-    return run_training(config, address=args.address)
-
-
-def split_list(value: str | None) -> list[str] | None:
-    return [v.strip() for v in value.split(",") if v.strip()] if value else None
+    return run_training(train_config(args), address=args.address)
 
 
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import EvaluateConfig
+
     p = sub.add_parser("evaluate", help="score a registered model on Parquet crops with the field's metrics")
-    p.add_argument("--model", required=True, help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a run id")
-    p.add_argument("--data", required=True, help="preprocess output directory")
-    p.add_argument("--split", default="test", choices=["train", "dev", "test"])
-    p.add_argument("--datasets", default=None, help="comma-separated datasets of the data directory")
-    p.add_argument("--experiment", default="raypipe-eval")
-    p.add_argument("--no-mlflow", dest="log_to_mlflow", action="store_false", help="do not log a run")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--dev-fraction", type=float, default=0.2, help="as in training, for the carved dev split")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="also write the metrics JSON and plots here")
-    p.add_argument("--gradcam", type=int, default=4, help="Grad-CAM crops per class (0 = none)")
-    p.add_argument("--device", default="auto")
+    add_fields(p, EvaluateConfig, [f.name for f in dataclasses.fields(EvaluateConfig)])
 
 
 @command("evaluate")
 def cmd_evaluate(args: argparse.Namespace) -> dict:
-    from raypipe.evaluate import EvaluateConfig, evaluate_model
+    from raypipe.config import EvaluateConfig
+    from raypipe.evaluate import evaluate_model
 
-    return evaluate_model(EvaluateConfig(
-        model_uri=args.model, data=args.data, split=args.split, datasets=split_list(args.datasets),
-        experiment=args.experiment, log_to_mlflow=args.log_to_mlflow, batch_size=args.batch_size,
-        dev_fraction=args.dev_fraction, seed=args.seed, out=args.out, gradcam_per_class=args.gradcam,
-        device=args.device))
+    return evaluate_model(from_args(EvaluateConfig, args))
 
 
 def add_cross_dataset(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import CrossDatasetConfig
+
     p = sub.add_parser("cross-dataset", help="train on each dataset (and all fused), test on every dataset")
-    p.add_argument("--data", required=True)
-    p.add_argument("--datasets", required=True, help="comma-separated datasets of the data directory")
-    p.add_argument("--model", default="attacknet")
-    p.add_argument("--epochs", type=int, default=100)
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--loss", default="ce")
-    p.add_argument("--out", default="cross_dataset")
-    p.add_argument("--experiment", default="raypipe-cross-dataset")
-    p.add_argument("--no-fused", dest="fused", action="store_false")
-    p.add_argument("--train-option", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra TrainConfig field, e.g. --train-option patience=5")
-    p.add_argument("--address", default=None)
+    add_fields(p, CrossDatasetConfig, ["data", "datasets", "out", "experiment", "fused"])
+    add_train_fields(p, [n for n in TRAIN_FIELDS if n not in ("datasets", "experiment", "register", "promote")])
+    add_address(p)
 
 
 @command("cross-dataset")
 def cmd_cross_dataset(args: argparse.Namespace) -> dict:
-    from raypipe.evaluate import CrossDatasetConfig, cross_dataset
+    from raypipe.config import CrossDatasetConfig
+    from raypipe.experiments import cross_dataset
 
-    config = CrossDatasetConfig(data=args.data, datasets=split_list(args.datasets), model=args.model,
-                                epochs=args.epochs, workers=args.workers, loss=args.loss, out=args.out,
-                                experiment=args.experiment, fused=args.fused,
-                                train_kwargs=parse_options(args.train_option))
+    config = from_args(CrossDatasetConfig, args, train=train_config(args, data=args.data))
     return cross_dataset(config, address=args.address)
 
 
@@ -236,28 +257,20 @@ def cmd_contact_sheet(args: argparse.Namespace) -> dict:
 
 
 def add_demo(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import DemoConfig
+
     p = sub.add_parser("demo", help="the whole pipeline on built-in data, ending with a live HTTP verdict")
-    p.add_argument("--dataset", default="demo", help="'demo' (built in) or a dataset adapter name")
-    p.add_argument("--root", default=None, help="dataset root when --dataset is not 'demo'")
-    p.add_argument("--work-dir", default="data/demo", help="crops, MLflow store and checkpoints go here")
-    p.add_argument("--model", default="attacknet")
-    p.add_argument("--epochs", type=int, default=30,
-                   help="at most; early stopping on dev loss (patience 10) usually ends it sooner")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--limit", type=int, default=None, help="preprocess only N inputs")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--no-serve", dest="serve", action="store_false", help="stop after evaluation")
+    add_fields(p, DemoConfig, ["dataset", "root", "work_dir", "model", "epochs", "workers", "limit", "serve", "port",
+                               "address"])
     p.add_argument("--exit-after-answer", action="store_true", help="serve, answer one request, then exit")
-    p.add_argument("--address", default=None)
 
 
 @command("demo")
 def cmd_demo(args: argparse.Namespace) -> None:
-    from raypipe.demo import DemoConfig, run_demo, serve_forever
+    from raypipe.config import DemoConfig
+    from raypipe.demo import run_demo, serve_forever
 
-    config = DemoConfig(dataset=args.dataset, root=args.root, work_dir=args.work_dir, model=args.model,
-                        epochs=args.epochs, workers=args.workers, limit=args.limit, serve=args.serve,
-                        port=args.port, address=args.address)
+    config = from_args(DemoConfig, args)
     summary = run_demo(config)
     emit(summary)
     if config.serve and not args.exit_after_answer:
@@ -265,32 +278,26 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def add_pipeline(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import PreprocessConfig
+
     p = sub.add_parser("pipeline", help="preprocess -> train -> evaluate -> register + promote, as one job")
-    p.add_argument("--dataset", required=True, help="adapter name, e.g. nuaa, oulu_npu, folder")
-    p.add_argument("--root", required=True, help="dataset root in its native layout")
-    p.add_argument("--out", required=True, help="crops output (local, shared mount, or s3://...)")
-    p.add_argument("--split", default="all", choices=["train", "dev", "test", "all"])
-    p.add_argument("--limit", type=int, default=None, help="preprocess only N inputs")
-    p.add_argument("--model", default="attacknet")
-    p.add_argument("--epochs", type=int, default=100, help="at most, as in train; early stopping on dev loss")
-    p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--gpu", dest="use_gpu", action=argparse.BooleanOptionalAction, default=None,
-                   help="train on GPUs (default: when the cluster has them)")
-    p.add_argument("--register", default="attacknet", help="registered model name (serve_config.yaml serves attacknet)")
-    p.add_argument("--no-promote", dest="promote", action="store_false", help="do not move the champion alias")
-    p.add_argument("--experiment", default="pipeline")
-    p.add_argument("--storage-path", default=None, help="Ray Train checkpoints: shared mount or s3://... on a cluster")
-    p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS or a local cluster)")
+    add_fields(p, PreprocessConfig, ["dataset", "root", "out", "split", "limit"])
+    add_train_fields(p, [n for n in TRAIN_FIELDS if n not in ("register", "promote", "experiment")])
+    # The pipeline's own defaults: it registers and promotes what serve_config.yaml serves.
+    p.add_argument("--register", dest="train.register", default="attacknet",
+                   help="registered model name (serve_config.yaml serves attacknet) (default: attacknet)")
+    p.add_argument("--no-promote", dest="train.promote", action="store_false", help="do not move the champion alias")
+    p.add_argument("--experiment", dest="train.experiment", default="pipeline", help="MLflow experiment")
+    add_address(p)
 
 
 @command("pipeline")
 def cmd_pipeline(args: argparse.Namespace) -> dict:
-    from raypipe.pipeline import PipelineConfig, run_pipeline
+    from raypipe.config import PreprocessConfig, pipeline_config
+    from raypipe.pipeline import run_pipeline
 
-    return run_pipeline(PipelineConfig(
-        dataset=args.dataset, root=args.root, out=args.out, split=args.split, limit=args.limit, model=args.model,
-        epochs=args.epochs, workers=args.workers, use_gpu=args.use_gpu, register=args.register,
-        promote=args.promote, experiment=args.experiment, storage_path=args.storage_path, address=args.address))
+    preprocess = from_args(PreprocessConfig, args)
+    return run_pipeline(pipeline_config(preprocess, train_config(args, data=preprocess.out), args.address))
 
 
 PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_evaluate, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]

@@ -18,51 +18,41 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from raypipe.config import DemoConfig, PipelineConfig, PreprocessConfig, TrainConfig, pipeline_config
 
 STEPS = 6
 
 
-@dataclass
-class DemoConfig:
-    dataset: str = "demo"  # "demo" = the built-in set; otherwise any adapter name with --root
-    root: str | None = None
-    work_dir: str = "data/demo"
-    model: str = "attacknet"
-    epochs: int = 30  # at most: early stopping on dev loss usually ends it sooner
-    workers: int = 2
-    register: str = "attacknet"  # serve_config.yaml serves models:/attacknet@champion
-    limit: int | None = None
-    serve: bool = True
-    port: int = 8000
-    address: str | None = None
-
-
 def run_demo(config: DemoConfig) -> dict[str, Any]:
-    from raypipe.pipeline import PipelineConfig, progress_step, run_pipeline
+    from raypipe.pipeline import progress_step, run_pipeline
 
     started = time.perf_counter()
     work = Path(config.work_dir).resolve()
     work.mkdir(parents=True, exist_ok=True)
     # The demo's own store unless the user points at one (an empty value counts as unset).
-    if not os.environ.get("MLFLOW_TRACKING_URI"):
-        os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{work / 'mlflow.db'}"
-    os.environ["RAYPIPE_DATA_DIR"] = str(work)
+    tracking_uri = os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
     step = progress_step(STEPS if config.serve else STEPS - 2)
     dataset, root = step("dataset", lambda: _dataset(config, work))
-    pipeline = PipelineConfig(dataset=dataset, root=root, out=str(work / "crops"), model=config.model,
-                              epochs=config.epochs, workers=config.workers, register=config.register,
-                              experiment="demo", limit=config.limit, address=config.address)
-    summary = run_pipeline(pipeline, step)
-    summary["mlflow_ui"] = f"MLFLOW_TRACKING_URI={os.environ['MLFLOW_TRACKING_URI']} raypipe mlflow-ui"
+    summary = run_pipeline(_pipeline(config, dataset, root, work, tracking_uri), step)
+    summary["mlflow_ui"] = f"MLFLOW_TRACKING_URI={tracking_uri} raypipe mlflow-ui"
     if config.serve:
-        url = step("start Ray Serve", lambda: _serve(config))
+        url = step("start Ray Serve", lambda: _serve(config, tracking_uri))
         answer = step("ask the endpoint about one image", lambda: _ask(url, *_probe_image(dataset, root)))
         summary.update({"endpoint": f"{url}/v1/detect", "web_page": f"{url}/", "answer": answer})
     summary["seconds"] = round(time.perf_counter() - started, 1)
     return summary
+
+
+def _pipeline(config: DemoConfig, dataset: str, root: str, work: Path, tracking_uri: str) -> PipelineConfig:
+    """The pipeline the demo runs, everything it writes under ``work``."""
+    preprocess = PreprocessConfig(dataset=dataset, root=root, out=str(work / "crops"), limit=config.limit)
+    train = TrainConfig(data=preprocess.out, model=config.model, epochs=config.epochs, workers=config.workers,
+                        register=config.register, promote=True, experiment="demo", tracking_uri=tracking_uri,
+                        storage_path=str(work / "ray_results"))
+    return pipeline_config(preprocess, train, config.address)
 
 
 def _dataset(config: DemoConfig, work: Path) -> tuple[str, str]:
@@ -78,15 +68,14 @@ def _dataset(config: DemoConfig, work: Path) -> tuple[str, str]:
     return "folder", str(root)
 
 
-def _serve(config: DemoConfig) -> str:
+def _serve(config: DemoConfig, tracking_uri: str) -> str:
     from ray import serve
 
     from raypipe.serve import build_app
 
     serve.start(http_options={"host": "127.0.0.1", "port": config.port})
-    serve.run(build_app({"model_uri": f"models:/{config.register}@champion",
-                         "tracking_uri": os.environ["MLFLOW_TRACKING_URI"]}), name="raypipe", route_prefix="/",
-              blocking=False)
+    serve.run(build_app({"model_uri": f"models:/{config.register}@champion", "tracking_uri": tracking_uri}),
+              name="raypipe", route_prefix="/", blocking=False)
     url = f"http://127.0.0.1:{config.port}"
     deadline = time.time() + 180
     while time.time() < deadline:

@@ -24,9 +24,9 @@ from pytorch_grad_cam.utils.image import show_cam_on_image
 from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 from torch import nn
 
-from raypipe.evaluate import spoof_probabilities
-from raypipe.metrics import ATTACK, LIVE
+from raypipe.labels import ATTACK, LIVE
 from raypipe.models import ModelSpec, build_transforms, gradcam_target_layer
+from raypipe.predict import spoof_probabilities
 
 Target = Literal["attack", "label", "predicted"]
 CELL_PX = 160  # each grid cell is drawn at this size (AttackNet's 32x32 would be unreadable)
@@ -89,8 +89,7 @@ def gradcam_grid(model: nn.Module, spec: ModelSpec, images_uint8: np.ndarray, la
                  threshold: float = 0.5) -> Path:
     """Write one PNG grid: row 0 live, row 1 attack, ``n_per_class`` cells each.
 
-    ``images_uint8``: B x S x S x 3 RGB crops at any size (the model's transform
-    resizes); ``labels``: 0 live / 1 attack. Each cell is the crop with its CAM
+    ``images_uint8``: B x S x S x 3 RGB model inputs (:func:`raypipe.models.model_inputs`); ``labels``: 0 live / 1 attack. Each cell is the crop with its CAM
     overlay, captioned with the spoof probability ``p``. Missing cells (a class
     with fewer samples) are grey. The image is exactly
     ``n_per_class * CELL_PX`` wide and ``2 * (CELL_PX + CAPTION_PX)`` high.

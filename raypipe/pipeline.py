@@ -9,26 +9,11 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
+from raypipe.config import EvaluateConfig, PipelineConfig, pipeline_config
 
-@dataclass
-class PipelineConfig:
-    dataset: str  # adapter name ("folder" for the demo data)
-    root: str
-    out: str  # preprocess output (local, shared mount or s3://...); train/evaluate read crops from it
-    model: str = "attacknet"
-    epochs: int = 100  # as `raypipe train`: at most, early stopping on dev loss
-    workers: int = 2
-    use_gpu: bool | None = None  # None: GPUs when the cluster has them
-    register: str = "attacknet"  # serve_config.yaml serves models:/attacknet@champion
-    promote: bool = True
-    experiment: str = "pipeline"
-    split: str = "all"
-    limit: int | None = None
-    storage_path: str | None = None  # Ray Train checkpoints (shared storage on a multi-node cluster)
-    address: str | None = None
+__all__ = ["PipelineConfig", "pipeline_config", "progress_step", "run_pipeline"]
 
 
 Step = Callable[[str, Callable[[], Any]], Any]
@@ -53,11 +38,12 @@ def run_pipeline(config: PipelineConfig, step: Step | None = None) -> dict[str, 
     """Run the three stages; returns what each produced (the CLI prints it as one JSON line)."""
     step = step or progress_step(3)
     started = time.perf_counter()
+    train = config.train
     prep = step("preprocess (Ray Data: face detection, crops, Parquet)", lambda: preprocess_stage(config))
-    trained = step(f"train {config.model} (Ray Train, {config.workers} workers)", lambda: train_stage(config))
-    evaluation = step("evaluate the promoted model", lambda: evaluate_stage(config, trained))
+    trained = step(f"train {train.model} (Ray Train, {train.workers} workers)", lambda: train_stage(config))
+    evaluation = step("evaluate the registered model", lambda: evaluate_stage(config, trained))
     return {"preprocess": pick(prep, "inputs", "rows", "rejected", "by_reason", "images_per_second", "output"),
-            "train": pick(trained, "run_id", "model_uri", "version", "threshold", "epochs_run", "dev"),
+            "train": pick(trained, "run_id", "model_uri", "version", "threshold", "epochs_run", "dev", "dev_rule"),
             "evaluate": pick(evaluation, "split", "model_uri", "hter", "apcer", "bpcer", "acer", "eer", "auc",
                              "n_live", "n_attack"),
             "seconds": round(time.perf_counter() - started, 1)}
@@ -68,30 +54,29 @@ def pick(result: dict, *keys: str) -> dict:
 
 
 def preprocess_stage(config: PipelineConfig) -> dict:
-    from raypipe.preprocess import PreprocessConfig, run_preprocess
+    from raypipe.preprocess import run_preprocess
 
-    return run_preprocess(PreprocessConfig(dataset=config.dataset, root=config.root, out=config.out,
-                                           split=config.split, limit=config.limit), address=config.address)
+    return run_preprocess(config.preprocess, address=config.address)
 
 
 def train_stage(config: PipelineConfig) -> dict:
-    from raypipe.train import TrainConfig, run_training
+    from raypipe.train import run_training
 
-    return run_training(TrainConfig(data=config.out, model=config.model, epochs=config.epochs,
-                                    workers=config.workers, use_gpu=config.use_gpu, experiment=config.experiment,
-                                    register=config.register, promote=config.promote,
-                                    storage_path=config.storage_path), address=config.address)
+    return run_training(config.train, address=config.address)
 
 
 def evaluate_stage(config: PipelineConfig, trained: dict) -> dict:
     """The test split when the data has one (NUAA's shared copy does not: then dev)."""
     from raypipe.crops import read_index
-    from raypipe.evaluate import EvaluateConfig, evaluate_model
+    from raypipe.evaluate import evaluate_model
 
-    splits = set(read_index(config.out)["split"].to_pylist())
+    train = config.train
+    splits = set(read_index(train.data)["split"].to_pylist())
     split = "test" if "test" in splits else "dev"
     # The version this run registered (not @champion, which another job may move meanwhile).
-    model_uri = f"models:/{config.register}/{trained['version']}" if trained.get("version") else trained["run_id"]
-    result = evaluate_model(EvaluateConfig(model_uri=model_uri, data=config.out, split=split,
-                                           experiment=f"{config.experiment}-eval"))
+    model_uri = f"models:/{train.register}/{trained['version']}" if trained.get("version") else trained["run_id"]
+    result = evaluate_model(EvaluateConfig(
+        model_uri=model_uri, data=train.data, split=split, datasets=train.datasets,
+        experiment=config.evaluate_experiment or f"{train.experiment}-eval", dev_by=train.dev_by,
+        dev_fraction=train.dev_fraction, seed=train.seed, tracking_uri=train.tracking_uri))
     return {**result, "split": split, "model_uri": model_uri}

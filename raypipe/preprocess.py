@@ -1,4 +1,4 @@
-"""Ray Data: dataset samples -> face crops -> Parquet (DESIGN section 5).
+"""Ray Data: dataset samples -> face crops -> Parquet (schema: docs/preprocessing.md).
 
 Layout of the output directory::
 
@@ -21,7 +21,7 @@ import logging
 import time
 import uuid
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -30,6 +30,7 @@ import pyarrow.parquet as pq
 
 from raypipe import storage
 from raypipe.datasets import get_adapter
+from raypipe.config import PreprocessConfig
 from raypipe.face import FaceConfig, FaceError, FacePipeline
 from raypipe.runtime import init_ray
 
@@ -41,7 +42,8 @@ OUTPUT_SCHEMA = pa.schema([
     ("sample_id", pa.string()), ("dataset", pa.string()), ("split", pa.string()),
     ("subject", pa.string()), ("label", pa.int8()), ("attack_type", pa.string()),
     ("path", pa.string()), ("rel_path", pa.string()), ("media", pa.string()),
-    ("frame_index", pa.int32()), ("extras", pa.string()),
+    ("frame_index", pa.int32()), ("session", pa.string()), ("device", pa.string()),
+    ("pai_type", pa.string()), ("extras", pa.string()),
     ("crop", pa.binary()), ("crop_format", pa.string()), ("crop_size", pa.int16()),
     ("box", pa.list_(pa.int32())), ("crop_box", pa.list_(pa.int32())),
     ("det_score", pa.float32()), ("keypoints", pa.list_(pa.float32())), ("n_faces", pa.int16()),
@@ -49,24 +51,10 @@ OUTPUT_SCHEMA = pa.schema([
     ("pipeline_version", pa.string()),
     ("status", pa.string()), ("reject_reason", pa.string()), ("reject_message", pa.string()),
 ])
+# session/device/pai_type are nullable: outputs written before they existed lack them,
+# and raypipe.crops reads such outputs as nulls.
 SAMPLE_COLUMNS = ["sample_id", "dataset", "split", "subject", "label", "attack_type",
-                  "path", "rel_path", "media", "frame_index", "extras"]
-
-
-@dataclass
-class PreprocessConfig:
-    dataset: str
-    root: str
-    out: str
-    split: str = "all"
-    frames_per_video: int | None = 5  # N evenly spaced frames per video ...
-    every: int | None = None  # ... or every k-th frame (wins when set)
-    limit: int | None = None  # a deterministic pseudo-random subset (ids are hashes)
-    face: FaceConfig = field(default_factory=FaceConfig)
-    workers: int | None = None  # face-cropper actors; default: the cluster's CPUs
-    cpus_per_worker: float = 0.75  # fractional so writers still get CPU on a 2-core laptop
-    batch_size: int = 64  # measured: 64 beats 16 by ~8% (fewer tasks, less per-batch Arrow overhead)
-    adapter_options: dict[str, Any] = field(default_factory=dict)
+                  "path", "rel_path", "media", "frame_index", "session", "device", "pai_type", "extras"]
 
 
 # --------------------------------------------------------------------------------------

@@ -92,3 +92,9 @@ def write_json(location: str | Path, value: Any) -> None:
     filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
     with filesystem.open_output_stream(path) as stream:
         stream.write(json.dumps(value, indent=2, sort_keys=True).encode())
+
+
+def data_dir() -> Path:
+    """raypipe's working directory for local defaults (MLflow store, Ray Train checkpoints):
+    ``RAYPIPE_DATA_DIR``, else ``./data``."""
+    return Path(os.environ.get("RAYPIPE_DATA_DIR", Path.cwd() / "data")).resolve()

@@ -15,14 +15,12 @@ Read top to bottom:
 
 from __future__ import annotations
 
-import json
 import logging
-import os
 import signal
 import tempfile
 import threading
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -31,41 +29,16 @@ import torch
 from torch import nn
 
 from raypipe import metrics
-from raypipe.models import AugmentConfig, build_loss, build_transforms, create_model, get_spec, head_for_loss
+from raypipe.config import TrainConfig
+from raypipe.models import build_loss, build_transforms, create_model, get_spec, head_for_loss
 from raypipe.models.base import unwrap_model
+from raypipe.predict import spoof_scores
+
+__all__ = ["TrainConfig", "evaluate", "run_training", "train_one_epoch", "train_loop_per_worker"]
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
-
-
-@dataclass
-class TrainConfig:
-    data: str
-    model: str = "attacknet"
-    epochs: int = 100  # the paper's recipe: up to 100 epochs ...
-    batch_size: int = 64  # ... batch 64 ...
-    lr: float = 1e-3  # ... Adam 1e-3 ...
-    patience: int = 10  # ... early stopping on dev loss, patience 10
-    weight_decay: float = 0.0
-    workers: int = 2
-    use_gpu: bool | None = None  # None: use GPUs when the cluster has them
-    loss: str = "ce"  # "ce", "am_softmax", "ce+0.1*similarity", ...
-    am_margin: float = 0.35
-    cosine_scale: float = 30.0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
-    pretrained: str | None = None  # "imagenet" (if cached locally) or a weights file
-    datasets: list[str] | None = None  # train on these datasets of the Parquet directory
-    dev_fraction: float = 0.2  # subjects carved into dev where a dataset has no dev split
-    seed: int = 0
-    threshold_rule: str = "eer"  # or "apcer:0.05": the threshold at 5 % APCER on dev
-    experiment: str = "raypipe"
-    run_name: str | None = None
-    register: str | None = None
-    promote: bool = False
-    storage_path: str | None = None  # Ray Train checkpoints: local, NFS, s3://, gs://
-    max_failures: int = 2
-    tracking_uri: str | None = None
 
 
 # --------------------------------------------------------------------------------------
@@ -116,7 +89,7 @@ def evaluate(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, tran
         with _autocast(device):
             logits, embeddings = model(images, return_embeddings=True)
         total_loss += loss_fn(logits.float(), embeddings.float(), labels).item() * len(labels)
-        scores_all.append(torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy())
+        scores_all.append(spoof_scores(logits).cpu().numpy())
         labels_all.append(labels.cpu().numpy())
         types_all += batch["attack_type"]
     labels_np = np.concatenate(labels_all) if labels_all else np.zeros(0, np.int64)
@@ -254,15 +227,6 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 # 3. Driver
 
 
-def choose_threshold(labels: np.ndarray, scores: np.ndarray, rule: str, attack_types=None) -> float:
-    """The operating threshold on dev: the EER point, or ``apcer:T`` for a target APCER."""
-    if rule == "eer":
-        return float(metrics.threshold_at_eer(labels, scores))
-    if rule.startswith("apcer:"):
-        return float(metrics.threshold_at_apcer(labels, scores, float(rule.split(":", 1)[1]), attack_types))
-    raise ValueError(f"threshold rule must be 'eer' or 'apcer:<target>', got {rule!r}")
-
-
 def _check_roles(counts: dict[str, dict[str, int]]) -> None:
     for role in ("train", "dev"):
         c = counts.get(role, {"live": 0, "attack": 0})
@@ -292,7 +256,9 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
     started = time.perf_counter()
     tracking_uri = configure_tracking(config.tracking_uri)
     index = crops.read_index(config.data, config.datasets)
-    plan = crops.plan_splits(index, config.dev_fraction, config.seed)
+    face = crops.face_settings(config.data, config.datasets)  # stored with the model, for serving
+    plan = crops.plan_splits(index, config.dev_fraction, config.seed, config.dev_by)
+    log.info("dev split: %s", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items()))
     counts = crops.role_counts(index, plan)
     _check_roles(counts)
     init_ray(address)
@@ -303,7 +269,8 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
 
     with mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=config.run_name) as run:
         mlflow.log_params(_params(config, counts, index))
-        mlflow.log_dict({"carved_dev_subjects": plan.carved_dev, "rows": counts}, "data_manifest.json")
+        mlflow.log_dict({"split_plan": plan.to_dict(), "dev": plan.describe(), "rows": counts}, "data_manifest.json")
+        mlflow.set_tag("raypipe.dev_rule", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items())[:5000])
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": config, "run_id": run.info.run_id, "tracking_uri": tracking_uri},
@@ -317,7 +284,8 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
         )
         result = _fit_keeping_sigint_handler(trainer)
         state = _load_final_state(result.checkpoint)
-        summary = _finish_run(config, state, run.info.run_id, use_gpu)
+        summary = _finish_run(config, state, run.info.run_id, use_gpu, face)
+        summary["dev_rule"] = plan.describe()
         summary["train_samples_per_second"] = _throughput(state["history"], counts["train"])
         mlflow.log_metric("train_samples_per_second", summary["train_samples_per_second"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
@@ -347,8 +315,9 @@ def _throughput(history: list[dict], train_counts: dict[str, int]) -> float:
 
 
 def _default_storage() -> str:
-    data_dir = Path(os.environ.get("RAYPIPE_DATA_DIR", Path.cwd() / "data")).resolve()
-    return str(data_dir / "ray_results")
+    from raypipe.storage import data_dir
+
+    return str(data_dir() / "ray_results")
 
 
 def _load_final_state(checkpoint) -> dict[str, Any]:
@@ -358,30 +327,58 @@ def _load_final_state(checkpoint) -> dict[str, Any]:
         return torch.load(Path(directory) / STATE_FILE, map_location="cpu", weights_only=False)
 
 
-def _finish_run(config: TrainConfig, state: dict[str, Any], run_id: str, used_gpu: bool) -> dict[str, Any]:
-    """Best weights -> dev threshold and metrics -> artifacts -> registered model."""
+def _finish_run(config: TrainConfig, state: dict[str, Any], run_id: str, used_gpu: bool,
+                face: dict | None) -> dict[str, Any]:
+    """Best weights -> dev threshold and metrics -> artifacts -> registered model (with the
+    crop settings of its data, so serving cuts the same crops)."""
     import mlflow
 
-    from raypipe.models.store import log_and_register
+    from raypipe.models.store import face_tag, log_and_register
 
     best = state["best"]
     model, _ = build_model_and_loss(config)
     model.load_state_dict(best["model"])
     labels, scores, types = best["labels"], best["scores"], best["attack_types"]
-    threshold = choose_threshold(labels, scores, config.threshold_rule, types)
+    threshold = metrics.choose_threshold(labels, scores, config.threshold_rule, types)
     dev = metrics.compute_all(labels, scores, threshold, types)
     mlflow.log_metrics({f"dev_{k}": v for k, v in dev.items() if isinstance(v, (int, float)) and v is not None})
     mlflow.log_params({"pretrained_source": getattr(model, "pretrained_source", "scratch"), "used_gpu": used_gpu,
                        "best_epoch": best["epoch"]})
     _log_artifacts(model, state, dev, labels, scores, threshold)
+    cross = generalisation_report(model, threshold, config.cross_data) if config.cross_data else None
+    if cross:
+        mlflow.log_metrics({f"cross_{k}": v for k, v in cross.items() if isinstance(v, float)})
+        mlflow.log_dict(cross, "metrics/cross_metrics.json")
     pipeline_version = mlflow.get_run(run_id).data.params.get("pipeline_version", "")
     model_uri, version = log_and_register(
         model, threshold=threshold, register_as=config.register, promote=config.promote,
         extra_tags={"pipeline_version": pipeline_version, "threshold_rule": config.threshold_rule,
-                    "train_run_id": run_id})
+                    "train_run_id": run_id, **(face_tag(face) if face else {})})
     return {"run_id": run_id, "model_uri": model_uri, "version": version, "threshold": threshold,
-            "dev": dev, "epochs_run": len(state["history"]), "best_epoch": best["epoch"],
+            "dev": dev, "cross": cross, "epochs_run": len(state["history"]), "best_epoch": best["epoch"],
             "restarts": state.get("restarts", 0), "model": config.model}
+
+
+CROSS_KEYS = ("hter", "far", "frr", "apcer", "bpcer", "acer", "eer", "auc", "n_live", "n_attack")
+
+
+def generalisation_report(model: nn.Module, threshold: float, data: str) -> dict[str, Any]:
+    """The trained model on every row of another preprocess output (another database, an
+    unseen session), at the threshold chosen on dev: what it does on data it never saw."""
+    from raypipe import crops
+    from raypipe.predict import Predictor
+
+    index = crops.read_index(data)
+    predictor = Predictor(model, unwrap_model(model).spec, "cpu")
+    parts = [predictor.score_batches(crops.iter_local_batches(data, split, crops.SplitPlan(), predictor.spec))
+             for split in sorted(set(index["split"].to_pylist()))]
+    labels, scores = np.concatenate([p.labels for p in parts]), np.concatenate([p.scores for p in parts])
+    types = np.concatenate([p.attack_types for p in parts])
+    result = metrics.compute_all(labels, scores, threshold, types)
+    report = {k: result.get(k) for k in CROSS_KEYS}
+    report.update(data=str(data), datasets=sorted(set(index["dataset"].to_pylist())), threshold=threshold)
+    log.info("generalisation report on %s: HTER %.3f, AUC %s", data, report["hter"], report["auc"])
+    return report
 
 
 def _log_artifacts(model: nn.Module, state: dict, dev: dict, labels, scores, threshold: float) -> None:
@@ -409,7 +406,3 @@ def _plotters(history, labels, scores, threshold) -> dict[str, Any]:
             "roc": lambda p: plots.roc_figure(labels, scores, p),
             "det": lambda p: plots.det_figure(labels, scores, p),
             "curves": lambda p: plots.training_curves_figure(history, p)}
-
-
-def summary_line(summary: dict[str, Any]) -> str:
-    return json.dumps(summary, default=str)

@@ -4,18 +4,21 @@ Training logs a model with :func:`log_and_register`; evaluation and serving load
 with :func:`load_model` from any of ``models:/NAME@ALIAS``, ``models:/NAME/VERSION``,
 ``runs:/RUN_ID/model`` or a bare run id. The operating threshold (chosen on the dev
 split) travels with the model version as the tag ``threshold``; the architecture
-name, head type and face ``pipeline_version`` travel as tags too, so a server can
-refuse a model trained on crops it does not produce.
+name, head type, the face ``pipeline_version`` and the crop settings the model was
+trained on (``face_config``, JSON of :meth:`raypipe.face.FaceConfig.crop_settings`)
+travel as tags too: serving builds its face pipeline from them
+(:func:`model_face_settings`), so it cuts the crops the model was trained on. The
+model's own input region is part of the pickled model (``model.spec.crop``).
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,7 +37,9 @@ def default_tracking_uri() -> str:
     """``MLFLOW_TRACKING_URI`` or a local SQLite store under the project's data directory."""
     if os.environ.get(TRACKING_ENV):
         return os.environ[TRACKING_ENV]
-    data_dir = Path(os.environ.get("RAYPIPE_DATA_DIR", Path.cwd() / "data")).resolve()
+    from raypipe.storage import data_dir as raypipe_data_dir
+
+    data_dir = raypipe_data_dir()
     data_dir.mkdir(parents=True, exist_ok=True)
     return f"sqlite:///{data_dir / 'mlflow.db'}"
 
@@ -89,7 +94,8 @@ def log_and_register(model: nn.Module, *, threshold: float, register_as: str | N
     with torch.no_grad():
         output = model(torch.from_numpy(example)).numpy()
     tags = {"threshold": repr(float(threshold)), "architecture": spec.name,
-            "head": type(model.head).__name__, **(extra_tags or {})}
+            "head": type(model.head).__name__, "input_crop": json.dumps(asdict(spec.crop)),
+            "input_size": str(spec.input_size), **(extra_tags or {})}
     # "pickle", not MLflow 3's default "pt2": torch.export pins the batch dimension to the
     # example's and loads back an ExportedProgram; serving needs dynamic batches and the
     # nn.Module (Grad-CAM hooks, .spec). Explicit requirements skip slow inference.
@@ -140,6 +146,16 @@ def load_model(uri: str, device: str | torch.device = "cpu") -> LoadedModel:
                        name=name, version=version, uri=load_uri, run_id=run_id, tags=tags)
 
 
-def model_summary(loaded: LoadedModel) -> dict[str, Any]:
-    return {"name": loaded.name, "version": loaded.version, "threshold": loaded.threshold,
-            "architecture": loaded.spec.name, "pipeline_version": loaded.tags.get("pipeline_version")}
+FACE_TAG = "face_config"
+
+
+def face_tag(settings: dict) -> dict[str, str]:
+    """The tag that carries a model's crop settings (see the module docstring)."""
+    return {FACE_TAG: json.dumps(settings, sort_keys=True)}
+
+
+def model_face_settings(uri: str) -> dict | None:
+    """The crop settings ``uri`` was trained on (tags only, nothing downloaded); None for a
+    model registered before raypipe stored them."""
+    _, _, _, _, tags = _resolve(uri)
+    return json.loads(tags[FACE_TAG]) if FACE_TAG in tags else None

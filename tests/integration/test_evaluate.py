@@ -1,4 +1,4 @@
-"""evaluate_model and cross_dataset on real Parquet crops and a real MLflow SQLite store (no Ray)."""
+"""evaluate_model and the cross-dataset experiment on real Parquet crops and a real MLflow SQLite store (no Ray)."""
 
 from __future__ import annotations
 
@@ -10,17 +10,12 @@ import pytest
 import torch
 
 from raypipe import crops, metrics
-from raypipe.evaluate import (
-    CrossDatasetConfig,
-    EvaluateConfig,
-    cross_dataset,
-    evaluate_model,
-    score,
-    split_plan,
-    train_config,
-)
+from raypipe.config import CrossDatasetConfig, EvaluateConfig, TrainConfig
+from raypipe.evaluate import evaluate_model, split_plan
+from raypipe.experiments import cross_dataset, train_config
 from raypipe.models import create_model
 from raypipe.models.store import ensure_experiment, load_model, log_and_register
+from raypipe.predict import Predictor
 from tests.fixtures.crops import make_crops_dir
 
 ARTIFACTS = {"metrics.json", "confusion_matrix.png", "roc.png", "det.png", "gradcam.png"}
@@ -92,7 +87,8 @@ def test_metrics_agree_with_compute_all_on_the_scores(registered, data):
     result = evaluate_model(EvaluateConfig(model_uri="models:/t/1", data=str(data.root), log_to_mlflow=False))
     loaded = load_model("models:/t/1")
     role = crops.load_role(data.root, "test", crops.SplitPlan(), loaded.spec)  # the other reader
-    labels, scores, types = score(loaded.model, loaded.spec, [role])
+    scored = Predictor(loaded.model, loaded.spec, "cpu").score_batches([role])
+    labels, scores, types = scored.labels, scored.scores, scored.attack_types
     assert labels.size == data.n("alpha", "test")
     expected = metrics.compute_all(labels, scores, 0.5, types)
     per_type = expected.pop("apcer_per_type")
@@ -147,14 +143,30 @@ def test_errors(registered, data):
         evaluate_model(EvaluateConfig(model_uri="models:/t/1", data=str(data.root), split="validation"))
 
 
+def test_threshold_can_be_rechosen_at_evaluation_time(registered, data):
+    common = dict(model_uri="models:/t/1", data=str(data.root), log_to_mlflow=False, gradcam_per_class=0)
+    fixed = evaluate_model(EvaluateConfig(threshold="0.3", **common))
+    assert (fixed["threshold"], fixed["threshold_source"]) == (0.3, "fixed")
+    stored = evaluate_model(EvaluateConfig(**common))
+    assert (stored["threshold"], stored["threshold_source"]) == (0.5, "model")
+    # a rule is applied to the dev split's scores, never to the test split being reported
+    on_dev = evaluate_model(EvaluateConfig(threshold="eer", **common))
+    dev = evaluate_model(EvaluateConfig(split="dev", threshold="eer", **common))
+    assert on_dev["threshold_source"] == dev["threshold_source"] == "eer on dev"
+    assert on_dev["threshold"] == pytest.approx(dev["threshold"])
+    with pytest.raises(ValueError, match="fixed threshold"):
+        evaluate_model(EvaluateConfig(threshold="1.5", **common))
+
+
 def test_score_without_batches_and_the_test_plan():
     model = create_model("attacknet")
-    labels, scores, types = score(model, model.spec, [])
-    assert labels.size == scores.size == types.size == 0
+    scored = Predictor(model, model.spec, "cpu").score_batches([])
+    assert scored.labels.size == scored.scores.size == scored.attack_types.size == 0
     import pyarrow as pa
 
     index = pa.table({"dataset": ["x"], "split": ["test"], "subject": ["s"]})
-    assert split_plan(index, "test").carved_dev == {}  # a test-only dataset needs no carving
+    plan = split_plan(index, "test", EvaluateConfig(model_uri="-", data="-"))
+    assert plan.roles(index).tolist() == ["test"]  # a test-only dataset needs no carving
 
 
 # ----------------------------------------------------------------------------- cross-dataset
@@ -215,12 +227,12 @@ def test_cross_dataset_rejects_unknown_datasets_before_training(tracking, data, 
     assert calls == []
 
 
-def test_train_config_matches_raypipe_train():
-    """The default trainer's TrainConfig accepts what cross_dataset passes (once train.py exists)."""
-    train = pytest.importorskip("raypipe.train")
-    config = CrossDatasetConfig(data="d", datasets=["a", "b"], model="resnet18", epochs=3, workers=2,
-                                loss="am_softmax", seed=7, train_kwargs={"patience": 2})
+def test_each_model_of_the_matrix_trains_with_the_template_on_its_datasets():
+    template = TrainConfig(data="elsewhere", model="resnet18", epochs=3, loss="am_softmax", seed=7, patience=2,
+                           register="never", promote=True)
+    config = CrossDatasetConfig(data="d", datasets=["a", "b"], experiment="x", train=template)
     built = train_config(config, ["a"])
-    assert isinstance(built, train.TrainConfig)
-    assert (built.datasets, built.model, built.epochs, built.register) == (["a"], "resnet18", 3, None)
-    assert (built.loss, built.seed, built.dev_fraction, built.patience) == ("am_softmax", 7, 0.2, 2)
+    assert (built.data, built.datasets, built.experiment) == ("d", ["a"], "x")
+    assert (built.register, built.promote) == (None, False)  # the matrix registers nothing
+    assert (built.model, built.epochs, built.loss, built.seed, built.patience) == ("resnet18", 3, "am_softmax", 7, 2)
+    assert template.datasets is None and template.data == "elsewhere"  # the template is not modified

@@ -8,7 +8,8 @@ import pytest
 
 from raypipe.cli import main
 from raypipe.datasets.demo import make_demo_dataset
-from raypipe.models.store import load_model
+from raypipe.face import FaceConfig
+from raypipe.models.store import load_model, model_face_settings
 
 pytestmark = pytest.mark.ray
 
@@ -34,3 +35,5 @@ def test_pipeline_preprocesses_trains_evaluates_and_promotes(ray_session, tmp_pa
     assert evaluation["n_live"] > 0 and evaluation["n_attack"] > 0 and 0.0 <= evaluation["hter"] <= 1.0
     champion = load_model("models:/pipe@champion")  # promoted: what serve_config.yaml's alias resolves to
     assert champion.version == "1" and champion.threshold == pytest.approx(trained["threshold"])
+    # the crop settings travel with the model: serving builds its face pipeline from them
+    assert model_face_settings("models:/pipe@champion") == FaceConfig().crop_settings()

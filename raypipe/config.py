@@ -1,0 +1,175 @@
+"""Every stage's settings, one source each: the dataclasses the library takes.
+
+The CLI builds its flags from these fields (:func:`raypipe.cli.add_fields`: default,
+type and help come from here), :class:`PipelineConfig` nests the stage configs instead
+of re-declaring their fields, and the crop settings (:class:`raypipe.face.FaceConfig`)
+travel from preprocessing to the registered model to serving. Stdlib and face.py only,
+so ``raypipe --help`` never imports torch.
+
+Add a setting = one field here with ``help`` metadata; it appears as a CLI flag of every
+command that lists the field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from raypipe.face import FaceConfig
+
+DEV_RULES = ("auto", "session", "subject", "fraction")  # see raypipe.crops.plan_splits
+
+
+def setting(default: Any = None, help: str = "", *, flag: str | None = None, factory: Any = None,
+            choices: tuple | None = None) -> Any:
+    """A dataclass field with its CLI help (and, when they apply, its flag name and choices)."""
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {})}
+    if factory is not None:
+        return field(default_factory=factory, metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+def required(help: str, *, flag: str | None = None) -> Any:
+    return field(metadata={"help": help, **({"flag": flag} if flag else {})})
+
+
+@dataclass
+class PreprocessConfig:
+    dataset: str = required("adapter name, e.g. nuaa, oulu_npu, folder")
+    root: str = required("dataset root in its native layout")
+    out: str = required("output directory (local, NFS, or s3://...)")
+    split: str = setting("all", "which split of the dataset", choices=("train", "dev", "test", "all"))
+    frames_per_video: int | None = setting(5, "N evenly spaced frames per video")
+    every: int | None = setting(None, "every k-th frame instead of N evenly spaced")
+    limit: int | None = setting(None, "a deterministic pseudo-random subset of N inputs")
+    face: FaceConfig = setting(factory=FaceConfig)
+    workers: int | None = setting(None, "face-cropper actors (default: the cluster's CPUs)")
+    cpus_per_worker: float = 0.75  # fractional so writers still get CPU on a 2-core laptop
+    batch_size: int = 64  # measured: 64 beats 16 by ~8% (fewer tasks, less per-batch Arrow overhead)
+    adapter_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class AugmentConfig:
+    """The paper's augmentation (Keras ImageDataGenerator style), in torchvision terms
+    (built by :func:`raypipe.models.transforms.build_augmentation`).
+
+    - rotation: uniform in +-``rotation_degrees``.
+    - shift: up to ``width_shift`` / ``height_shift`` of the width / height.
+    - shear: the paper's 0.2 is read as radians (old Keras semantics), 0.2 rad = 11.5 deg.
+    - zoom: scale uniform in [1 - zoom, 1 + zoom] (Keras ``zoom_range=0.2``).
+    - horizontal flip with probability ``horizontal_flip_p`` (faces are left-right symmetric).
+    Areas uncovered by the affine transform are filled with black (Keras would
+    repeat the edge pixels; torchvision only fills with a constant).
+    """
+
+    enabled: bool = True
+    rotation_degrees: float = 20.0
+    width_shift: float = 0.2
+    height_shift: float = 0.2
+    shear_degrees: float = 11.5
+    zoom: float = 0.2
+    horizontal_flip_p: float = 0.5
+
+
+@dataclass
+class TrainConfig:
+    data: str = required("preprocess output directory (or its crops/ folder)")
+    model: str = setting("attacknet", "attacknet, resnet18, mobilenet_v3_small, shufflenet_v2_x0_5, minifasnet_v2, ...")
+    epochs: int = setting(100, "at most (the paper's recipe); early stopping on dev loss")
+    batch_size: int = setting(64, "per worker")
+    lr: float = setting(1e-3, "Adam learning rate")
+    patience: int = setting(10, "early stopping: epochs without a better dev loss")
+    weight_decay: float = 0.0
+    workers: int = setting(2, "Ray Train workers (DDP)")
+    use_gpu: bool | None = setting(None, "use GPUs (default: when the cluster has them)", flag="--gpu")
+    loss: str = setting("ce", "ce, am_softmax, ce+0.1*similarity, ...")
+    am_margin: float = 0.35
+    cosine_scale: float = 30.0
+    augment: AugmentConfig = setting(factory=AugmentConfig)
+    pretrained: str | None = setting(None, "'imagenet' (if cached locally), 'silentface' (MiniFASNet) or a weights file")
+    datasets: list[str] | None = setting(None, "comma-separated datasets of the data directory")
+    dev_by: str = setting("auto", "how dev is carved from train where a dataset has no dev split "
+                                  "(auto: by session when the data records sessions, else by subject)",
+                          choices=DEV_RULES)
+    dev_fraction: float = setting(0.2, "share of subjects/sessions/samples carved into dev")
+    seed: int = setting(0, "seed of the dev carving and of training")
+    threshold_rule: str = setting("eer", "eer, apcer:<target> or a fixed number, chosen on dev")
+    cross_data: str | None = setting(None, "another preprocess output (e.g. another database) scored after "
+                                           "training at the dev threshold: the generalisation report")
+    experiment: str = setting("raypipe", "MLflow experiment")
+    run_name: str | None = setting(None, "MLflow run name")
+    register: str | None = setting(None, "registered model name")
+    promote: bool = setting(False, "move the 'champion' alias to the new version")
+    storage_path: str | None = setting(None, "Ray Train checkpoints: local, NFS, s3://, gs:// (default: data/ray_results)")
+    max_failures: int = 2
+    tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
+
+
+@dataclass
+class EvaluateConfig:
+    model_uri: str = required("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a run id", flag="--model")
+    data: str = required("preprocess output directory")
+    split: str = setting("test", "roles planned as in training", choices=("train", "dev", "test"))
+    datasets: list[str] | None = setting(None, "comma-separated datasets of the data directory")
+    threshold: str | None = setting(None, "the model's stored threshold unless given: a number, or a rule "
+                                          "(eer, apcer:<target>) re-chosen on the data's dev split")
+    experiment: str = setting("raypipe-eval", "MLflow experiment")
+    log_to_mlflow: bool = setting(True, "log an evaluation run", flag="--mlflow")
+    batch_size: int = setting(256, "scoring batch size")
+    dev_by: str = setting("auto", "as in training, for split dev/train on carved datasets", choices=DEV_RULES)
+    dev_fraction: float = setting(0.2, "as in training, for split dev/train on carved datasets")
+    seed: int = setting(0, "as in training")
+    out: str | None = setting(None, "also write the metrics JSON and plots here")
+    gradcam_per_class: int = setting(4, "Grad-CAM crops per class (0 = none)", flag="--gradcam")
+    device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
+
+
+@dataclass
+class CrossDatasetConfig:
+    """Train on each dataset (and all fused), test on every dataset; ``train`` is the template
+    of every model's training (its ``data``/``datasets``/``register`` are set per model)."""
+
+    data: str = required("preprocess output directory holding every dataset")
+    datasets: list[str] = required("comma-separated datasets of the data directory")
+    out: str = setting("cross_dataset", "where the matrix (CSV, Markdown, JSON) is written")
+    experiment: str = setting("raypipe-cross-dataset", "MLflow experiment")
+    fused: bool = setting(True, "also train one model on all datasets together")
+    log_to_mlflow: bool = True
+    log_cells: bool = False  # also log one evaluation run (with plots) per cell
+    batch_size: int = 256
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(data=""))
+
+
+@dataclass
+class PipelineConfig:
+    """preprocess -> train -> evaluate -> register + promote; the stages' own configs, nested.
+
+    ``train.data`` is the preprocess output (set by :func:`pipeline_config`)."""
+
+    preprocess: PreprocessConfig
+    train: TrainConfig
+    evaluate_experiment: str | None = None  # default: "<train.experiment>-eval"
+    address: str | None = None
+
+
+def pipeline_config(preprocess: PreprocessConfig, train: TrainConfig, address: str | None = None) -> PipelineConfig:
+    """A pipeline whose training reads what its preprocessing writes."""
+    train.data = preprocess.out
+    return PipelineConfig(preprocess=preprocess, train=train, address=address)
+
+
+@dataclass
+class DemoConfig:
+    dataset: str = setting("demo", "'demo' (built in) or a dataset adapter name")
+    root: str | None = setting(None, "dataset root when --dataset is not 'demo'")
+    work_dir: str = setting("data/demo", "crops, MLflow store and checkpoints go here")
+    model: str = setting("attacknet", "model to train")
+    epochs: int = setting(30, "at most; early stopping on dev loss usually ends it sooner")
+    workers: int = setting(2, "Ray Train workers")
+    register: str = "attacknet"  # serve_config.yaml serves models:/attacknet@champion
+    limit: int | None = setting(None, "preprocess only N inputs")
+    serve: bool = setting(True, "start Serve and ask it about one image")
+    port: int = setting(8000, "Serve HTTP port")
+    address: str | None = setting(None, "Ray cluster address (default: RAY_ADDRESS or a local cluster)")
