@@ -1,7 +1,9 @@
 """Application builder: ``import_path: raypipe.serve.app:build_app`` in serve_config.yaml.
 
 ``serve run serve_config.yaml`` / ``serve deploy serve_config.yaml`` call
-:func:`build_app` with the YAML's ``args`` (validated as :class:`ServeSettings`).
+:func:`build_app` with the YAML's ``args`` (validated as :class:`ServeSettings`). The
+face pipeline is built from the crop settings stored with the served model
+(:func:`raypipe.serve.settings.with_model_face`), so serving cuts the crops the model was trained on.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 from ray.serve import Application
 
 from raypipe.serve.deployments import CLASSIFIER, DETECTOR, INGRESS, Classifier, FaceDetector, Ingress
-from raypipe.serve.settings import ServeSettings
+from raypipe.serve.settings import ServeSettings, with_model_face
 
 
 def classifier_user_config(settings: ServeSettings) -> dict[str, Any]:
@@ -34,6 +36,7 @@ def compose(settings: ServeSettings, options: dict[str, dict[str, Any]] | None =
     graph; with ``detector: ingress`` it simply stays at zero replicas.
     """
     options = options or {}
+    settings = with_model_face(settings)
     face_config = settings.face_config()
     classifier = Classifier.options(user_config=classifier_user_config(settings), **options.get(CLASSIFIER, {}))
     detector = FaceDetector.options(**options.get(DETECTOR, {}))

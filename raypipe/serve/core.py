@@ -1,10 +1,12 @@
 """The serving pipeline as plain functions, shared by the Serve deployments and the
 in-process server (no Ray here, so it runs and is measured anywhere).
 
-Contract (identical to preprocessing, DESIGN section 3): ``decode_image(bytes, config)``
--> ``FacePipeline.detect`` -> ``FacePipeline.crop(rgb, det).crop`` for every face ->
-``build_transforms(spec, None, train=False)`` -> model -> ``softmax[:, 1]`` = spoof
-probability; "spoof" iff probability >= the model's threshold.
+Contract, identical to preprocessing + training: ``FacePipeline.process`` (the entry
+preprocessing calls, here for every face) -> each face's stored-style crop and its box
+in crop pixels -> :class:`raypipe.predict.Predictor` (``model_inputs`` with the
+model's crop spec, its eval transform, softmax of the attack class) = spoof
+probability; "spoof" iff probability >= the model's threshold. The face pipeline is
+built from the crop settings the model was trained on (:func:`serving_face_config`).
 """
 
 from __future__ import annotations
@@ -12,23 +14,24 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
-import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from raypipe.face import Detection, FaceConfig, FacePipeline, NoFaceFound, decode_image
+from raypipe.face import Detection, FaceConfig, FacePipeline
 
 log = logging.getLogger(__name__)
 
 
 @dataclass
 class Findings:
-    """Every face of one image: detections (primary first) and their uint8 crops (N, S, S, 3)."""
+    """Every face of one image: detections (primary first), their uint8 crops (N, S, S, 3)
+    and each face's box in its crop's pixels (N, 4), which the model's input is cut around."""
 
     detections: list[Detection]
     crops: np.ndarray
+    boxes: np.ndarray
     width: int
     height: int
     decode_ms: float
@@ -44,20 +47,14 @@ class FaceFailure:
 
 
 def find_faces(pipeline: FacePipeline, data: bytes) -> Findings:
-    """Encoded image -> every face and its crop, with preprocessing's exact calls.
+    """Encoded image -> every face and its crop, through preprocessing's own entry.
 
     Raises a ``FaceError`` subclass (``NoFaceFound`` when the image holds no face).
     """
-    start = time.perf_counter()
-    rgb = decode_image(data, pipeline.config)
-    decoded = time.perf_counter()
-    detections = pipeline.detect(rgb)
-    if not detections:
-        raise NoFaceFound("no face found in the image")
-    crops = np.stack([pipeline.crop(rgb, detection).crop for detection in detections])
-    done = time.perf_counter()
-    return Findings(detections, crops, int(rgb.shape[1]), int(rgb.shape[0]),
-                    (decoded - start) * 1000, (done - decoded) * 1000)
+    result = pipeline.process(data, all_faces=True)
+    return Findings(result.detections, np.stack([face.crop for face in result.faces]),
+                    np.array([face.box_in_crop for face in result.faces], dtype=np.float64),
+                    result.source_width, result.source_height, result.decode_ms, result.detect_ms)
 
 
 class LocalDetector:
@@ -118,37 +115,47 @@ class Scores:
 
 
 class ModelRunner:
-    """A registry model with its eval transform: uint8 crops -> spoof probabilities."""
+    """A registry model behind :class:`raypipe.predict.Predictor`: crops -> spoof probabilities."""
 
     def __init__(self, loaded, device: str | None = None) -> None:
-        import torch
-
-        from raypipe.models import build_transforms
+        from raypipe.predict import Predictor
 
         self.loaded = loaded
-        self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        self.model = loaded.model.to(self.device).eval()
-        self.transform = build_transforms(loaded.spec, None, train=False)
+        self.predictor = Predictor(loaded.model, loaded.spec, device or "auto")
         self.info = {"name": loaded.name, "version": loaded.version, "threshold": loaded.threshold}
 
-    def spoof_probabilities(self, crops: np.ndarray) -> np.ndarray:
-        import torch
+    def spoof_probabilities(self, crops: np.ndarray, boxes: np.ndarray) -> np.ndarray:
+        return self.predictor.score_crops(crops, boxes)
 
-        with torch.inference_mode():
-            # uint8 goes to the device first (4x less to copy than float); the transform runs there.
-            images = torch.from_numpy(np.ascontiguousarray(crops)).to(self.device).movedim(-1, 1)
-            logits = self.model(self.transform(images))
-            return torch.softmax(logits.float(), dim=1)[:, 1].cpu().numpy()
+
+def serving_face_config(model_face: dict | None, override: dict, guards: dict) -> FaceConfig:
+    """The face pipeline serving must run: the crop settings the model was trained on.
+
+    ``override`` (``face:`` of serve_config.yaml) may restate them or set what the model does
+    not record (a model file path); a value that disagrees with the model fails here, at
+    deploy time, instead of serving crops the model never saw. ``guards`` are the serving
+    size limits, which never change a crop.
+    """
+    settings = dict(model_face or {})
+    clashes = {k: (v, settings[k]) for k, v in override.items() if k in settings and settings[k] != v}
+    if clashes:
+        detail = ", ".join(f"{k}: yaml {a!r} != model {b!r}" for k, (a, b) in clashes.items())
+        raise ValueError(f"serve_config face settings disagree with the crops the model was trained on ({detail}); "
+                         "remove them from `face:` (serving takes them from the model)")
+    return FaceConfig(**{**settings, **override, **guards})
 
 
 def load_runner(model_uri: str, tracking_uri: str | None, pipeline_version: str,
                 device: str | None = None) -> ModelRunner:
-    """Load ``model_uri`` from MLflow; warn when it was trained on crops of another face pipeline."""
-    from raypipe.models.store import configure_tracking, load_model
+    """Load ``model_uri`` from MLflow; refuse a model trained on crops this service does not cut."""
+    from raypipe.models.store import FACE_TAG, configure_tracking, load_model
 
     configure_tracking(tracking_uri)
     loaded = load_model(model_uri, device="cpu")
     trained_on = loaded.tags.get("pipeline_version")
+    if FACE_TAG in loaded.tags and trained_on and trained_on != pipeline_version:
+        raise ValueError(f"model {model_uri} was trained on crops of face pipeline {trained_on}, this service "
+                         f"cuts {pipeline_version}: rebuild the app (serve deploy) so it takes the model's settings")
     if trained_on != pipeline_version:
         log.warning("model %s was trained on face-pipeline version %s but this service crops with %s: "
                     "served crops may differ from training crops", model_uri, trained_on, pipeline_version)

@@ -22,6 +22,7 @@ from raypipe.face import FaceConfig, FaceError
 from raypipe.serve.core import FaceFailure, Findings, LocalDetector, ModelRunner, Scores, crop_digest, load_runner
 from raypipe.serve.errors import face_error
 from raypipe.serve.metrics import ClassifierMetrics
+from raypipe.serve.settings import BATCH_DEFAULTS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -63,7 +64,8 @@ class FaceDetector:
 class Classifier:
     """The registry model behind ``@serve.batch``; ``reconfigure`` swaps models without a restart.
 
-    ``user_config``: ``{"model_uri": ..., "max_batch_size": 16, "batch_wait_timeout_s": 0.0}``.
+    ``user_config``: ``{"model_uri": ..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``
+    (defaults: :data:`raypipe.serve.settings.BATCH_DEFAULTS`).
     Any change besides the batch settings reloads the model, so adding e.g. ``reload: 2``
     re-resolves an alias that moved while the URI stayed ``models:/name@champion``.
     """
@@ -77,8 +79,9 @@ class Classifier:
         self.metrics = ClassifierMetrics()
 
     async def reconfigure(self, user_config: dict) -> None:
-        self.classify.set_max_batch_size(int(user_config.get("max_batch_size", 16)))
-        self.classify.set_batch_wait_timeout_s(float(user_config.get("batch_wait_timeout_s", 0.0)))
+        self.classify.set_max_batch_size(int(user_config.get("max_batch_size", BATCH_DEFAULTS["max_batch_size"])))
+        self.classify.set_batch_wait_timeout_s(
+            float(user_config.get("batch_wait_timeout_s", BATCH_DEFAULTS["batch_wait_timeout_s"])))
         uri = user_config["model_uri"]
         model_key = {k: v for k, v in user_config.items() if k not in ("max_batch_size", "batch_wait_timeout_s")}
         if model_key == self._model_key:
@@ -92,18 +95,20 @@ class Classifier:
         log.info("classifier serving %s version %s (loaded in %.2f s)", runner.info["name"], runner.info["version"],
                  self.load_s)
 
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.0)
-    async def classify(self, requests: list[tuple[np.ndarray, bool]]) -> list[Scores]:
+    @serve.batch(**BATCH_DEFAULTS)
+    async def classify(self, requests: list[tuple[np.ndarray, np.ndarray, bool]]) -> list[Scores]:
+        """Each request: (crops N x S x S x 3, their face boxes N x 4, whether to return digests)."""
         runner = self.runner
         if runner is None:
             raise RuntimeError("no model loaded: the Classifier needs user_config.model_uri")
-        crops = np.concatenate([crops for crops, _ in requests])
+        crops = np.concatenate([crops for crops, _, _ in requests])
+        boxes = np.concatenate([boxes for _, boxes, _ in requests])
         # Off the event loop: requests keep queueing meanwhile and form the next batch.
-        probabilities, infer_ms = await asyncio.to_thread(self._infer, runner, crops)
+        probabilities, infer_ms = await asyncio.to_thread(self._infer, runner, crops, boxes)
         self.metrics.batch_size.observe(len(crops))
         self.metrics.inference_ms.observe(infer_ms)
         answers, start = [], 0
-        for request_crops, want_digests in requests:
+        for request_crops, _, want_digests in requests:
             end = start + len(request_crops)
             digests = [crop_digest(c) for c in request_crops] if want_digests else None
             answers.append(Scores([float(p) for p in probabilities[start:end]], dict(runner.info), digests,
@@ -112,9 +117,9 @@ class Classifier:
         return answers
 
     @staticmethod
-    def _infer(runner: ModelRunner, crops: np.ndarray) -> tuple[np.ndarray, float]:
+    def _infer(runner: ModelRunner, crops: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
-        probabilities = runner.spoof_probabilities(crops)
+        probabilities = runner.spoof_probabilities(crops, boxes)
         return probabilities, (time.perf_counter() - start) * 1000
 
     def ping(self) -> dict:
@@ -139,8 +144,8 @@ class ServeBackend:
             raise face_error(result.reason, result.message)
         return result
 
-    async def classify(self, crops: np.ndarray, want_digests: bool) -> Scores:
-        return await self._call(self.classifier.classify, (crops, want_digests))  # one batch item
+    async def classify(self, crops: np.ndarray, boxes: np.ndarray, want_digests: bool) -> Scores:
+        return await self._call(self.classifier.classify, (crops, boxes, want_digests))  # one batch item
 
     async def model_info(self) -> dict:
         return await self._call(self.classifier.ping)

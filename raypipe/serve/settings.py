@@ -11,7 +11,7 @@ environment variables of the processes that build the app and run the replicas
 
 from __future__ import annotations
 
-import dataclasses
+import logging
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -19,6 +19,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from raypipe.face import FaceConfig
+from raypipe.serve.core import serving_face_config
+
+log = logging.getLogger(__name__)
 
 MODEL_URI_ENV = "RAYPIPE_MODEL_URI"
 API_KEYS_ENV = "RAYPIPE_API_KEYS"
@@ -33,7 +36,8 @@ class ServeSettings(BaseModel):
 
     model_uri: str = DEFAULT_MODEL_URI
     tracking_uri: str | None = None  # None: MLFLOW_TRACKING_URI, else raypipe's local default
-    # FaceConfig fields; {} is exactly preprocessing's default, so served crops equal stored crops.
+    # FaceConfig fields. Leave {}: the app takes the crop settings the model was trained on;
+    # a value here that disagrees with them fails the deploy (serve.core.serving_face_config).
     face: dict[str, Any] = Field(default_factory=dict)
     # Where detection runs: inside the ingress replica (one Serve hop fewer, see docs/serving.md)
     # or in the FaceDetector deployment (scales on its own; worth it when detection is heavy).
@@ -53,8 +57,9 @@ class ServeSettings(BaseModel):
     # Test and debug hook: each face also reports the SHA-256 of the exact uint8 crop the
     # classifier received (a digest, never the image), to prove served crop == stored crop.
     expose_crop_digest: bool = False
+    # Classifier batching (@serve.batch); 0 s = opportunistic: no added latency when idle.
     max_batch_size: int = 16
-    batch_wait_timeout_s: float = 0.002
+    batch_wait_timeout_s: float = 0.0
 
     def resolved_model_uri(self) -> str:
         return os.environ.get(MODEL_URI_ENV) or self.model_uri
@@ -63,12 +68,15 @@ class ServeSettings(BaseModel):
         return self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
 
     def face_config(self) -> FaceConfig:
-        """The crop-defining parameters from ``face``; the serving guards replace the size limits.
+        """The face pipeline: ``face`` (which :func:`raypipe.serve.app.build_app` fills with the
+        crop settings the model was trained on), with the serving guards as size limits.
 
         The guards are not part of ``FaceConfig.version()``, so changing them never changes a crop.
         """
-        base = FaceConfig(**self.face)
-        return dataclasses.replace(base, max_bytes=self.max_image_bytes, max_pixels=self.max_pixels)
+        return serving_face_config(None, self.face, self.guards())
+
+    def guards(self) -> dict[str, int]:
+        return {"max_bytes": self.max_image_bytes, "max_pixels": self.max_pixels}
 
     def api_keys(self) -> frozenset[str]:
         """Keys from RAYPIPE_API_KEYS, RAYPIPE_API_KEYS_FILE and ``api_keys_file``; empty = auth off."""
@@ -78,3 +86,28 @@ class ServeSettings(BaseModel):
                 lines = Path(path).expanduser().read_text().splitlines()
                 keys.update(line.strip() for line in lines if not line.lstrip().startswith("#"))
         return frozenset(k for k in keys if k)
+
+
+def with_model_face(settings: ServeSettings) -> ServeSettings:
+    """``settings`` whose ``face`` holds the crop settings the served model was trained on.
+
+    Resolved once, where the app is built (the replicas then need no registry look-up to
+    know how to crop). A ``face:`` value that disagrees with the model raises ValueError:
+    the deploy fails with that message. A model that cannot be resolved yet (not
+    registered, registry down) keeps the YAML's settings; its Classifier says why later.
+    """
+    from raypipe.models.store import configure_tracking, model_face_settings
+
+    configure_tracking(settings.resolved_tracking_uri())
+    try:
+        model_face = model_face_settings(settings.resolved_model_uri())
+    except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: decided at load time
+        log.warning("could not read the crop settings of %s (%s: %s); using serve_config's face settings",
+                    settings.resolved_model_uri(), type(exc).__name__, exc)
+        return settings
+    serving_face_config(model_face, settings.face, settings.guards())  # raises on a clash
+    return settings.model_copy(update={"face": {**(model_face or {}), **settings.face}})
+
+
+# The Classifier's batching defaults, read by its @serve.batch decorator: one source.
+BATCH_DEFAULTS = {name: ServeSettings.model_fields[name].default for name in ("max_batch_size", "batch_wait_timeout_s")}

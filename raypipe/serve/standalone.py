@@ -17,7 +17,7 @@ from fastapi import FastAPI
 
 from raypipe.serve.api import create_api
 from raypipe.serve.core import Findings, LocalDetector, Scores, crop_digest, load_runner
-from raypipe.serve.settings import MODEL_URI_ENV, ServeSettings
+from raypipe.serve.settings import MODEL_URI_ENV, ServeSettings, with_model_face
 
 
 class LocalBackend:
@@ -26,7 +26,7 @@ class LocalBackend:
     detector_where = "local"
 
     def __init__(self, settings: ServeSettings) -> None:
-        face_config = settings.face_config()
+        face_config = with_model_face(settings).face_config()
         self.detector = LocalDetector(face_config)
         self.runner = load_runner(settings.resolved_model_uri(), settings.resolved_tracking_uri(),
                                   face_config.version())
@@ -34,8 +34,8 @@ class LocalBackend:
     async def find_faces(self, data: bytes) -> Findings:
         return await self.detector.find_faces(data)
 
-    async def classify(self, crops: np.ndarray, want_digests: bool) -> Scores:
-        probabilities = await asyncio.to_thread(self.runner.spoof_probabilities, crops)
+    async def classify(self, crops: np.ndarray, boxes: np.ndarray, want_digests: bool) -> Scores:
+        probabilities = await asyncio.to_thread(self.runner.spoof_probabilities, crops, boxes)
         digests = [crop_digest(c) for c in crops] if want_digests else None
         return Scores([float(p) for p in probabilities], dict(self.runner.info), digests)
 
