@@ -13,7 +13,7 @@ def init_ray(address: str | None = None) -> None:
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    # Ray 2.60 turns token auth on for local clusters; a laptop run needs none (DESIGN 9).
+    # Ray 2.60 turns token auth on for local clusters; a laptop run needs none (docs/cluster.md).
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     ray.init(address=address, include_dashboard=False, log_to_driver=False,
              configure_logging=True, logging_level=logging.WARNING)

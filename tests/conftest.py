@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 local clusters (DESIGN 9)
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on for local clusters
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 NUAA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nuaa"

@@ -3,7 +3,9 @@
 Folders: ``<root>/[<split>/]{live,spoof}/[<attack_type>/]**/<file>``. Live folder
 names: ``live``, ``real``, ``genuine``, ``bonafide``, ``bona_fide``; attack folder
 names: ``spoof``, ``attack``, ``fake``, ``imposter``. Without split folders
-everything is ``train`` (training carves dev by subject). The subject is the
+everything is ``train`` (training carves dev from it), or the split named by the
+option ``split`` (``--option split=test`` for a held-out set scored as a whole, e.g.
+another database's frames for a cross-dataset check). The subject is the
 ``subject_pattern`` regex's ``subject`` group on the file name (default: the
 text before the first ``_``), else the parent folder's name.
 
@@ -54,7 +56,8 @@ def parse_label(value: str) -> int:
 
 class FolderAdapter(DatasetAdapter):
     name = "folder"
-    default_options = {"manifest": None, "subject_pattern": r"^(?P<subject>[^_]+)_", "dataset_name": "folder"}
+    default_options = {"manifest": None, "subject_pattern": r"^(?P<subject>[^_]+)_", "dataset_name": "folder",
+                       "split": "train"}
 
     def scan(self) -> Iterator[Sample]:
         if self.options["manifest"]:
@@ -62,7 +65,7 @@ class FolderAdapter(DatasetAdapter):
             return
         split_dirs = {SPLIT_ALIASES[p.name.lower()]: p for p in self.root.iterdir()
                       if p.is_dir() and p.name.lower() in SPLIT_ALIASES}
-        bases = split_dirs.items() if split_dirs else [("train", self.root)]
+        bases = split_dirs.items() if split_dirs else [(self._default_split(), self.root)]
         found = False
         for split, base in bases:
             for label_dir in sorted(p for p in base.iterdir() if p.is_dir()):
@@ -78,6 +81,12 @@ class FolderAdapter(DatasetAdapter):
                         self.report.skipped.append(self.rel(path))
         if not found:
             raise DatasetLayoutError(f"folder: no live/ or spoof/ folder under {self.root}")
+
+    def _default_split(self) -> str:
+        split = SPLIT_ALIASES.get(str(self.options["split"]).lower())
+        if split not in SPLITS:
+            raise DatasetLayoutError(f"folder: option split must be one of {SPLITS}, got {self.options['split']!r}")
+        return split
 
     def _attack_type(self, path: Path, label_dir: Path, label: int) -> str:
         if label == LIVE:

@@ -1,6 +1,6 @@
 """AttackNet: the paper's 0.3M-parameter CNN for 32x32x3 face crops.
 
-Layout (DESIGN section 6):
+Layout (as the AttackNet paper describes it, see docs/training.md):
 
     phase 1: [conv3x3(16) -> LeakyReLU -> BatchNorm] x3, conv1 output + conv3 output,
              maxpool 2x2, dropout

@@ -537,6 +537,16 @@ def test_folder(trees):
     assert conditions(samples)["train/live/alice_1.jpg"] == (None, None, None)
 
 
+def test_folder_without_split_folders_goes_to_the_split_option(tmp_path):
+    write_image(tmp_path / "real" / "1001.jpg", 1)
+    write_image(tmp_path / "attack" / "1002.jpg", 2)
+    assert {s.split for s in get_adapter("folder", tmp_path).samples()} == {"train"}
+    held_out = get_adapter("folder", tmp_path, split="test", dataset_name="msu").samples()
+    assert {(s.dataset, s.split, s.label) for s in held_out} == {("msu", "test", LIVE), ("msu", "test", ATTACK)}
+    with pytest.raises(ValueError, match="split"):
+        get_adapter("folder", tmp_path, split="holdout").samples()
+
+
 def test_folder_manifest_capture_columns(tmp_path):
     for rel in ("a.jpg", "b.jpg", "c.jpg"):
         write_image(tmp_path / rel, 1)
