@@ -23,28 +23,32 @@ from raypipe.models.base import (
 from raypipe.models.efficiency import count_flops, count_parameters, cpu_ms_per_face, efficiency_report
 from raypipe.models.losses import build_loss, head_for_loss
 from raypipe.models.registry import create_model, get_spec, model_names
-from raypipe.models.transforms import AugmentConfig, build_transforms, decode_crop
+from raypipe.models.transforms import AugmentConfig, build_transforms, model_inputs
+from raypipe.models.weights import WEIGHTS_DIR_ENV, WeightsUnavailable, resolve_weights
 
 __all__ = [
     "DEFAULT_COSINE_SCALE",
     "HEAD_TYPES",
     "IMAGENET_MEAN",
     "IMAGENET_STD",
+    "WEIGHTS_DIR_ENV",
     "AugmentConfig",
     "CosineHead",
     "FaceClassifier",
     "ModelSpec",
+    "WeightsUnavailable",
     "build_loss",
     "build_transforms",
     "count_flops",
     "count_parameters",
     "cpu_ms_per_face",
     "create_model",
-    "decode_crop",
     "efficiency_report",
     "get_spec",
     "gradcam_target_layer",
     "head_for_loss",
+    "model_inputs",
     "model_names",
+    "resolve_weights",
     "unwrap_model",
 ]

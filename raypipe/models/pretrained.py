@@ -8,6 +8,10 @@
   nothing is downloaded (these machines have no network). Absent ->
   ``"scratch"``, with a warning. Models without ImageNet weights (AttackNet)
   also fall back to ``"scratch"``.
+- a published source's name (``"silentface"``): the weights its authors released for
+  this model (MiniFASNet), resolved by :mod:`raypipe.models.weights` (a configured
+  folder, the cache, or a verified download) and loaded exactly; ``pretrained_source``
+  names the file and its sha256. A model without such weights is an error.
 - a path: a local ``.pth``; either a torchvision-style backbone state dict
   (ImageNet head keys are dropped) or a whole raypipe model state dict
   (``backbone.*`` / ``head.*`` keys, e.g. from a training checkpoint).
@@ -18,7 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -31,6 +35,9 @@ from raypipe.models.base import FaceClassifier
 log = logging.getLogger(__name__)
 
 PretrainedArg = bool | str | os.PathLike | None
+# Loads a model's released weights from one published source; returns its pretrained_source.
+PublishedLoader = Callable[[FaceClassifier], str]
+PUBLISHED_SOURCES = ("silentface",)
 # Keys under which training checkpoints commonly nest the state dict.
 _NESTED_KEYS = ("model_state_dict", "state_dict", "model")
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")  # DDP, torch.compile
@@ -82,12 +89,22 @@ def apply_pretrained(
     pretrained: PretrainedArg,
     imagenet_weights: WeightsEnum | None,
     dropped_prefix: str | None,
+    published: Mapping[str, PublishedLoader] | None = None,
 ) -> FaceClassifier:
-    """Initialise ``model`` as ``pretrained`` asks and record it in ``model.pretrained_source``."""
+    """Initialise ``model`` as ``pretrained`` asks and record it in ``model.pretrained_source``.
+
+    ``published``: the model's loaders by published source name (see ``PUBLISHED_SOURCES``).
+    """
     if pretrained is None or pretrained is False:
         model.pretrained_source = "scratch"
     elif pretrained is True or pretrained == "imagenet":
         model.pretrained_source = _load_imagenet_cache(model, imagenet_weights, dropped_prefix)
+    elif isinstance(pretrained, str) and pretrained in PUBLISHED_SOURCES:
+        loader = (published or {}).get(pretrained)
+        if loader is None:
+            raise ValueError(f"{model.spec.name} has no {pretrained!r} weights (pretrained= takes None, "
+                             f"'imagenet', a file, or a published source the model was released with)")
+        model.pretrained_source = loader(model)
     else:
         _load_file(model, Path(pretrained), dropped_prefix)
         model.pretrained_source = str(pretrained)
