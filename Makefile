@@ -1,14 +1,18 @@
 # The two commands of the README. Both set up .venv from nothing first.
-.PHONY: setup demo test test-fast bench
+.PHONY: setup setup-test demo test test-fast bench
 
 setup:
 	bash scripts/setup.sh
 
+# setup, plus what only the tests need (chromium for the web-page test)
+setup-test:
+	bash scripts/setup.sh --test
+
 demo: setup
 	.venv/bin/raypipe demo
 
-test: setup
+test: setup-test
 	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest -q
 
-test-fast: setup
+test-fast: setup-test
 	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest -q -m "not slow"

@@ -1,8 +1,10 @@
-"""The HTTP API (DESIGN section 8) as a FastAPI app over a pluggable backend.
+"""The HTTP API as a FastAPI app over a pluggable backend.
 
 The same app runs inside the Serve ingress replica (backend: deployment handles) and in
 the one-process baseline server (backend: local pipeline and model), so the benchmark
-compares Serve against exactly the same HTTP layer.
+compares Serve against exactly the same HTTP layer. Request bodies are parsed by hand
+(JSON base64, multipart or raw bytes, see ``payload``) and documented in ``openapi_extra``;
+responses are built through the models of ``schemas``, which the routes also publish.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import numpy as np
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response
+from pydantic import BaseModel
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 import raypipe
@@ -26,6 +29,9 @@ from raypipe.serve.errors import ApiError, error_response, from_face_error
 from raypipe.serve.guard import API_KEY_HEADER, ApiKeys, RateLimiter, read_body
 from raypipe.serve.metrics import IngressMetrics
 from raypipe.serve.payload import images_from_body
+from raypipe.serve.schemas import (ClassifierStatus, DetectResponse, DetectTiming, ErrorBody, ErrorDetail, Face,
+                                   FrameError, FrameFace, FramesResponse, FramesTiming, Fused, Health, ImageSize,
+                                   ModelInfo)
 from raypipe.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
@@ -45,19 +51,17 @@ class Backend(Protocol):
     async def find_faces(self, data: bytes) -> Findings:
         """Raises a FaceError subclass for input without a usable face."""
 
-    async def classify(self, crops: np.ndarray, want_digests: bool) -> Scores: ...
+    async def classify(self, crops: np.ndarray, boxes: np.ndarray, want_digests: bool) -> Scores:
+        """Spoof probabilities of ``crops`` (N, S, S, 3), ``boxes`` (N, 4) being each face in its crop."""
 
     async def model_info(self) -> dict: ...
 
 
-def face_json(findings: Findings, index: int, probability: float, model: dict, digest: str | None) -> dict:
+def face_result(findings: Findings, index: int, probability: float, model: ModelInfo, digest: str | None) -> Face:
     detection = findings.detections[index]
-    label, confidence = verdict(probability, model["threshold"])
-    face = {"box": list(detection.box), "det_score": round(detection.score, 4), "label": label,
-            "spoof_probability": round(probability, 6), "confidence": round(confidence, 6)}
-    if digest is not None:
-        face["crop_sha256"] = digest
-    return face
+    label, confidence = verdict(probability, model.threshold)
+    return Face(box=list(detection.box), det_score=round(detection.score, 4), label=label,
+                spoof_probability=round(probability, 6), confidence=round(confidence, 6), crop_sha256=digest)
 
 
 IMAGE_FIELD = {"type": "string", "description": "base64 image (JPEG/PNG/WebP/BMP); a data: URL prefix is accepted"}
@@ -72,13 +76,25 @@ FRAMES_BODY_DOC = {"requestBody": {"required": True, "content": {
     "multipart/form-data": {"schema": {"type": "object", "properties": {
         "file": {"type": "array", "items": FILE_FIELD}}}},
 }}}
-ERROR_EXAMPLE = {"application/json": {"example": {"error": {"code": "...", "message": "..."}}}}
-ERROR_DOC = {code: {"description": text, "content": ERROR_EXAMPLE}
-             for code, text in [(400, "undecodable image, bad base64, bad JSON or a missing field"),
-                                (401, "missing or invalid X-API-Key (when keys are configured)"),
-                                (413, "body, image or pixel count over the limits"),
-                                (415, "unsupported Content-Type"), (422, "no face found, or image too small"),
-                                (429, "rate limited (see Retry-After)"), (504, "request timed out")]}
+
+
+def error_doc(description: str, code: str) -> dict:
+    """An OpenAPI ``responses`` entry: the ErrorBody schema with a typical code as example."""
+    example = {"error": {"code": code, "message": "..."}}
+    return {"description": description, "model": ErrorBody, "content": {"application/json": {"example": example}}}
+
+
+ERROR_DOC = {400: error_doc("undecodable image, bad base64, bad JSON or a missing field", "bad_base64"),
+             401: error_doc("missing or invalid X-API-Key (when keys are configured)", "unauthorized"),
+             413: error_doc("body, image or pixel count over the limits", "too_large"),
+             415: error_doc("unsupported Content-Type", "unsupported_media_type"),
+             422: error_doc("no face found, or image too small", "no_face"),
+             429: error_doc("rate limited (see Retry-After)", "rate_limited"),
+             500: error_doc("the service failed", "internal"),
+             504: error_doc("request timed out", "timeout")}
+# "4XX" also keeps FastAPI from publishing its own 422 body for ?deep: a bad value is our 400.
+HEALTH_ERROR_DOC = {"4XX": error_doc("invalid query parameter", "invalid_field"),
+                    503: error_doc("the classifier did not answer in time (deep only)", "model_unavailable")}
 
 
 class LivenessApi:
@@ -92,7 +108,7 @@ class LivenessApi:
         self.index_html = (STATIC_DIR / "index.html").read_text()
 
     async def guarded(self, request: Request, endpoint: str,
-                      work: Callable[[bytes, str | None], Awaitable[dict]]) -> Response:
+                      work: Callable[[bytes, str | None], Awaitable[BaseModel]]) -> Response:
         """auth -> rate limit -> bounded body -> work, all under the request timeout."""
         start, status = time.perf_counter(), 500
         try:
@@ -100,7 +116,7 @@ class LivenessApi:
             self.limiter.check(client)
             result = await asyncio.wait_for(self._read_and_work(request, work), self.settings.request_timeout_s)
             status = 200
-            return JSONResponse(result)
+            return JSONResponse(result.model_dump())
         except ApiError as exc:
             status = exc.status
             self.metrics.errors.inc(tags={"code": exc.code})
@@ -118,7 +134,8 @@ class LivenessApi:
             self.metrics.requests.inc(tags={"endpoint": endpoint, "status": str(status)})
             self.metrics.request_ms.observe((time.perf_counter() - start) * 1000, tags={"endpoint": endpoint})
 
-    async def _read_and_work(self, request: Request, work: Callable[[bytes, str | None], Awaitable[dict]]) -> dict:
+    async def _read_and_work(self, request: Request,
+                             work: Callable[[bytes, str | None], Awaitable[BaseModel]]) -> BaseModel:
         body = await read_body(request, self.settings.max_body_bytes)
         return await work(body, request.headers.get("content-type"))
 
@@ -130,32 +147,32 @@ class LivenessApi:
             self.metrics.detector_ms.observe((time.perf_counter() - start) * 1000,
                                              tags={"where": self.backend.detector_where})
 
-    async def classify(self, crops: np.ndarray) -> Scores:
+    async def classify(self, crops: np.ndarray, boxes: np.ndarray) -> Scores:
         start = time.perf_counter()
-        scores = await self.backend.classify(crops, self.settings.expose_crop_digest)
+        scores = await self.backend.classify(crops, boxes, self.settings.expose_crop_digest)
         self.metrics.classifier_ms.observe((time.perf_counter() - start) * 1000)
         return scores
 
-    async def detect(self, body: bytes, content_type: str | None) -> dict:
+    async def detect(self, body: bytes, content_type: str | None) -> DetectResponse:
         start = time.perf_counter()
         [data] = images_from_body(body, content_type, frames=False, max_image_bytes=self.settings.max_image_bytes)
         findings = await self.find_faces(data)
         found = time.perf_counter()
-        scores = await self.classify(findings.crops)
+        scores = await self.classify(findings.crops, findings.boxes)
         classified = time.perf_counter()
-        faces = [face_json(findings, i, p, scores.model, scores.digests[i] if scores.digests else None)
+        model = ModelInfo.model_validate(scores.model)
+        faces = [face_result(findings, i, p, model, scores.digests[i] if scores.digests else None)
                  for i, p in enumerate(scores.probabilities)]
         for face in faces:
-            self.metrics.verdicts.inc(tags={"label": face["label"]})
-        return {"faces": faces, "model": scores.model,
-                "image": {"width": findings.width, "height": findings.height},
-                "pipeline_version": self.pipeline_version,
-                "timing_ms": {"decode": round(findings.decode_ms, 2), "detect": round(findings.detect_ms, 2),
-                              "detector_call": round((found - start) * 1000, 2),
-                              "classify": round((classified - found) * 1000, 2),
-                              "total": round((time.perf_counter() - start) * 1000, 2)}}
+            self.metrics.verdicts.inc(tags={"label": face.label})
+        timing = DetectTiming(decode=round(findings.decode_ms, 2), detect=round(findings.detect_ms, 2),
+                              detector_call=round((found - start) * 1000, 2),
+                              classify=round((classified - found) * 1000, 2),
+                              total=round((time.perf_counter() - start) * 1000, 2))
+        return DetectResponse(faces=faces, model=model, image=ImageSize(width=findings.width, height=findings.height),
+                              pipeline_version=self.pipeline_version, timing_ms=timing)
 
-    async def detect_frames(self, body: bytes, content_type: str | None) -> dict:
+    async def detect_frames(self, body: bytes, content_type: str | None) -> FramesResponse:
         start = time.perf_counter()
         images = images_from_body(body, content_type, frames=True, max_image_bytes=self.settings.max_image_bytes,
                                   max_frames=self.settings.max_frames)
@@ -164,26 +181,28 @@ class LivenessApi:
         if not usable:
             raise ApiError(422, "no_face", "no face found in any frame")
         found = time.perf_counter()
-        scores = await self.classify(np.stack([outcomes[i].crops[0] for i in usable]))
+        scores = await self.classify(np.stack([outcomes[i].crops[0] for i in usable]),
+                                     np.stack([outcomes[i].boxes[0] for i in usable]))
+        model = ModelInfo.model_validate(scores.model)
         probability = dict(zip(usable, scores.probabilities))
-        frames = []
+        frames: list[FrameFace | FrameError] = []
         for index, outcome in enumerate(outcomes):
             if index in probability:
                 digest = scores.digests[usable.index(index)] if scores.digests else None
-                face = face_json(outcome, 0, probability[index], scores.model, digest)
-                frames.append({"index": index, "face": face, "n_faces": len(outcome.detections)})
+                face = face_result(outcome, 0, probability[index], model, digest)
+                frames.append(FrameFace(index=index, face=face, n_faces=len(outcome.detections)))
             else:
-                frames.append({"index": index, "error": {"code": outcome.reason, "message": str(outcome)}})
+                frames.append(FrameError(index=index, error=ErrorDetail(code=outcome.reason, message=str(outcome))))
         fused = fuse(scores.probabilities)
-        label, confidence = verdict(fused, scores.model["threshold"])
+        label, confidence = verdict(fused, model.threshold)
         self.metrics.verdicts.inc(tags={"label": label})
-        return {"frames": frames,
-                "fused": {"label": label, "spoof_probability": round(fused, 6), "confidence": round(confidence, 6),
-                          "frames_used": len(usable), "method": "mean"},
-                "model": scores.model, "pipeline_version": self.pipeline_version,
-                "timing_ms": {"detect": round((found - start) * 1000, 2),
-                              "classify": round((time.perf_counter() - found) * 1000, 2),
-                              "total": round((time.perf_counter() - start) * 1000, 2)}}
+        timing = FramesTiming(detect=round((found - start) * 1000, 2),
+                              classify=round((time.perf_counter() - found) * 1000, 2),
+                              total=round((time.perf_counter() - start) * 1000, 2))
+        return FramesResponse(frames=frames,
+                              fused=Fused(label=label, spoof_probability=round(fused, 6),
+                                          confidence=round(confidence, 6), frames_used=len(usable), method="mean"),
+                              model=model, pipeline_version=self.pipeline_version, timing_ms=timing)
 
     @staticmethod
     def _usable_frames(outcomes: list) -> list[int]:
@@ -218,24 +237,27 @@ def create_api(backend: Backend, settings: ServeSettings, metrics: IngressMetric
     async def index() -> HTMLResponse:
         return HTMLResponse(api.index_html)
 
-    @app.get("/healthz", summary="Liveness of the service; ?deep=true also asks the classifier")
-    async def healthz(deep: bool = False) -> JSONResponse:
-        body = {"status": "ok", "detector": backend.detector_where, "pipeline_version": api.pipeline_version,
-                "auth": api.keys.enabled}
+    @app.get("/healthz", summary="Liveness of the service; ?deep=true also asks the classifier",
+             response_model=Health, responses=HEALTH_ERROR_DOC)
+    async def healthz(deep: bool = False) -> Response:
+        model = None
         if deep:
             try:  # wakes the Classifier when it is at zero replicas
-                body["model"] = await asyncio.wait_for(backend.model_info(), settings.request_timeout_s)
+                info = await asyncio.wait_for(backend.model_info(), settings.request_timeout_s)
             except asyncio.TimeoutError:
                 return error_response(503, "model_unavailable", "the classifier did not answer in time")
-        return JSONResponse(body)
+            model = ClassifierStatus.model_validate(info)
+        body = Health(status="ok", detector=backend.detector_where, pipeline_version=api.pipeline_version,
+                      auth=api.keys.enabled, model=model)
+        return JSONResponse(body.model_dump())
 
     @app.post("/v1/detect", summary="Every face in one photo with real/spoof and a confidence",
-              openapi_extra=REQUEST_BODY_DOC, responses=ERROR_DOC)
+              openapi_extra=REQUEST_BODY_DOC, response_model=DetectResponse, responses=ERROR_DOC)
     async def detect(request: Request) -> Response:
         return await api.guarded(request, "detect", api.detect)
 
     @app.post("/v1/detect-frames", summary="Several frames of one presentation: per-frame scores and a fused verdict",
-              openapi_extra=FRAMES_BODY_DOC, responses=ERROR_DOC)
+              openapi_extra=FRAMES_BODY_DOC, response_model=FramesResponse, responses=ERROR_DOC)
     async def detect_frames(request: Request) -> Response:
         return await api.guarded(request, "detect_frames", api.detect_frames)
 

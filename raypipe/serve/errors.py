@@ -1,6 +1,7 @@
 """HTTP errors of the liveness API: ``{"error": {"code", "message"}}`` with a 4xx status.
 
-Bad input is always a 4xx (DESIGN section 8); a 5xx means the service itself failed.
+Bad input is always a 4xx; a 5xx means the service itself failed. The body is
+``raypipe.serve.schemas.ErrorBody``, the schema the API publishes for every error.
 """
 
 from __future__ import annotations
@@ -8,6 +9,7 @@ from __future__ import annotations
 from fastapi.responses import JSONResponse
 
 from raypipe import face
+from raypipe.serve.schemas import ErrorBody, ErrorDetail
 
 # FaceError.reason -> HTTP status. Undecodable input is the client's bug (400); an image
 # that decodes but cannot hold a face is well-formed yet unprocessable (422).
@@ -35,7 +37,8 @@ class ApiError(Exception):
 
 
 def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"code": code, "message": message}}, status_code=status, headers=headers)
+    body = ErrorBody(error=ErrorDetail(code=code, message=message))
+    return JSONResponse(body.model_dump(), status_code=status, headers=headers)
 
 
 def from_face_error(exc: face.FaceError, prefix: str = "") -> ApiError:

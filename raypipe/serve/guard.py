@@ -94,6 +94,4 @@ async def read_body(request: Request, limit: int) -> bytes:
         if size > limit:
             raise ApiError(413, "too_large", f"request body exceeds the limit of {limit} bytes")
         chunks.append(chunk)
-    body = b"".join(chunks)
-    request._body = body  # noqa: SLF001 - lets Starlette's form parser reuse the bytes read here
-    return body
+    return b"".join(chunks)

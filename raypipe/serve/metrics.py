@@ -7,16 +7,8 @@ Names and tags are listed in docs/serving.md.
 
 from __future__ import annotations
 
-from typing import Protocol
-
 LATENCY_BOUNDARIES_MS = [1, 2, 5, 10, 20, 30, 50, 75, 100, 200, 500, 1000, 2000, 5000]
 BATCH_BOUNDARIES = [1, 2, 4, 8, 16, 32]
-
-
-class _Metric(Protocol):
-    def inc(self, value: float = 1.0, tags: dict[str, str] | None = None) -> None: ...
-
-    def observe(self, value: float, tags: dict[str, str] | None = None) -> None: ...
 
 
 class _Null:
