@@ -246,6 +246,8 @@ def create_api(backend: Backend, settings: ServeSettings, metrics: IngressMetric
                 info = await asyncio.wait_for(backend.model_info(), settings.request_timeout_s)
             except asyncio.TimeoutError:
                 return error_response(503, "model_unavailable", "the classifier did not answer in time")
+            if "name" not in info:  # a Classifier whose model has not loaded (yet)
+                return error_response(503, "model_unavailable", "the classifier has no model loaded")
             model = ClassifierStatus.model_validate(info)
         body = Health(status="ok", detector=backend.detector_where, pipeline_version=api.pipeline_version,
                       auth=api.keys.enabled, model=model)
