@@ -192,6 +192,22 @@ def cmd_train(args: argparse.Namespace) -> dict:
     return run_training(train_config(args), address=args.address)
 
 
+def add_register_pretrained(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import RegisterPretrainedConfig
+
+    p = sub.add_parser("register-pretrained", help="register a published model (MiniFASNet) without training, "
+                                                   "optionally calibrated on your data's dev split")
+    add_fields(p, RegisterPretrainedConfig, [f.name for f in dataclasses.fields(RegisterPretrainedConfig)])
+
+
+@command("register-pretrained")
+def cmd_register_pretrained(args: argparse.Namespace) -> dict:
+    from raypipe.config import RegisterPretrainedConfig
+    from raypipe.zoo import register_pretrained
+
+    return register_pretrained(from_args(RegisterPretrainedConfig, args))
+
+
 def add_evaluate(sub: argparse._SubParsersAction) -> None:
     from raypipe.config import EvaluateConfig
 
@@ -300,7 +316,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
     return run_pipeline(pipeline_config(preprocess, train_config(args, data=preprocess.out), args.address))
 
 
-PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_evaluate, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
+PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_register_pretrained, add_evaluate, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,9 +329,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def is_user_error(exc: BaseException) -> bool:
-    """Bad flags, paths, data or model references: the message says it all."""
-    if isinstance(exc, (ValueError, KeyError, FileNotFoundError)):
+    """Bad flags, paths, data or model references, missing model files: the message says it all."""
+    from raypipe.face import ModelUnavailable
+
+    if isinstance(exc, (ValueError, KeyError, FileNotFoundError, ModelUnavailable)):
         return True
+    if "raypipe.models.weights" in sys.modules:
+        from raypipe.models.weights import WeightsUnavailable
+
+        if isinstance(exc, WeightsUnavailable):
+            return True
     if "mlflow" in sys.modules:
         from mlflow.exceptions import MlflowException
 

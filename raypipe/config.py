@@ -107,6 +107,26 @@ class TrainConfig:
 
 
 @dataclass
+class RegisterPretrainedConfig:
+    """A published model registered without training (zero-shot), optionally calibrated:
+    its threshold chosen on the dev split of the user's data instead of the published 0.5."""
+
+    model: str = setting("minifasnet_ensemble", "minifasnet_v2, minifasnet_v1se or minifasnet_ensemble")
+    pretrained: str = setting("silentface", "the published weights to load")
+    register: str = setting("minifasnet", "registered model name")
+    promote: bool = setting(False, "move the 'champion' alias to the new version")
+    calibration_data: str | None = setting(None, "a preprocess output whose dev split chooses the threshold "
+                                                 "(default: the published decision point 0.5)")
+    datasets: list[str] | None = setting(None, "comma-separated datasets of the calibration data")
+    threshold_rule: str = setting("eer", "eer or apcer:<target>, applied to the calibration dev split")
+    dev_by: str = setting("auto", "how dev is carved from the calibration data (as in training)", choices=DEV_RULES)
+    dev_fraction: float = setting(0.2, "as in training")
+    seed: int = setting(0, "as in training")
+    experiment: str = setting("raypipe-pretrained", "MLflow experiment")
+    tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
+
+
+@dataclass
 class EvaluateConfig:
     model_uri: str = required("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a run id", flag="--model")
     data: str = required("preprocess output directory")
@@ -165,10 +185,10 @@ class DemoConfig:
     dataset: str = setting("demo", "'demo' (built in) or a dataset adapter name")
     root: str | None = setting(None, "dataset root when --dataset is not 'demo'")
     work_dir: str = setting("data/demo", "crops, MLflow store and checkpoints go here")
-    model: str = setting("attacknet", "model to train")
+    model: str = setting("auto", "model to train; auto: MiniFASNet V2 fine-tuned from the published weights "
+                                 "when they are available, else AttackNet from scratch")
     epochs: int = setting(30, "at most; early stopping on dev loss usually ends it sooner")
     workers: int = setting(2, "Ray Train workers")
-    register: str = "attacknet"  # serve_config.yaml serves models:/attacknet@champion
     limit: int | None = setting(None, "preprocess only N inputs")
     serve: bool = setting(True, "start Serve and ask it about one image")
     port: int = setting(8000, "Serve HTTP port")

@@ -30,9 +30,10 @@ def data(tmp_path_factory):
     return make_crops_dir(tmp_path_factory.mktemp("crops"), splits=("train", "test"), subjects=5, images_per_subject=6)
 
 
-def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, tracking):
+def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, tracking, tmp_path):
+    unseen = make_crops_dir(tmp_path / "other", datasets=("other",), splits=("test",), subjects=2, seed=3)
     config = TrainConfig(data=str(data.root), model="attacknet", epochs=3, workers=2, experiment="t",
-                         register="t-attacknet", promote=True, patience=5)
+                         register="t-attacknet", promote=True, patience=5, cross_data=str(unseen.root))
     summary = run_training(config)
     assert {"run_id", "model_uri", "version", "threshold", "dev", "epochs_run", "seconds"} <= set(summary)
     assert summary["epochs_run"] == 3 and summary["version"] == "1"
@@ -45,6 +46,12 @@ def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, track
     assert [m.step for m in history] == [0, 1, 2]
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
     assert {"plots", "metrics", "efficiency.json", "data_manifest.json"} <= artifacts
+    # the dev rule is said in words; the generalisation report scores every row of the unseen data
+    assert "carved by subject" in summary["dev_rule"]["alpha"]  # the fixture records no sessions
+    cross = summary["cross"]
+    assert (cross["n_live"], cross["n_attack"]) == (unseen.n(kind="live"), unseen.n(kind="attack"))
+    assert cross["threshold"] == summary["threshold"] and cross["datasets"] == ["other"]
+    assert client.get_run(summary["run_id"]).data.metrics["cross_hter"] == pytest.approx(cross["hter"])
 
 
 def _train_worker_pids() -> list[int]:
