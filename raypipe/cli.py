@@ -163,17 +163,21 @@ TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "u
                 "register", "promote", "storage_path", "seed", "tracking_uri"]
 
 
+AUGMENT_FIELDS = ["enabled", "affine", "horizontal_flip_p", "brightness", "gamma", "blur_p", "jpeg_p"]
+
+
 def add_train_fields(p: argparse.ArgumentParser, names: Sequence[str]) -> None:
-    from raypipe.config import TrainConfig
+    from raypipe.config import AugmentConfig, TrainConfig
 
     add_fields(p, TrainConfig, names, prefix="train.")
-    p.add_argument("--no-augment", action="store_true", help="turn augmentation off")
+    add_fields(p, AugmentConfig, AUGMENT_FIELDS, prefix="augment.")
 
 
 def train_config(args: argparse.Namespace, **values: Any) -> Any:
     from raypipe.config import AugmentConfig, TrainConfig
 
-    return from_args(TrainConfig, args, prefix="train.", augment=AugmentConfig(enabled=not args.no_augment), **values)
+    return from_args(TrainConfig, args, prefix="train.", augment=from_args(AugmentConfig, args, prefix="augment."),
+                     **values)
 
 
 def add_train(sub: argparse._SubParsersAction) -> None:

@@ -51,25 +51,37 @@ class PreprocessConfig:
 
 @dataclass
 class AugmentConfig:
-    """The paper's augmentation (Keras ImageDataGenerator style), in torchvision terms
-    (built by :func:`raypipe.models.transforms.build_augmentation`).
+    """Training augmentation, in torchvision terms (built by
+    :func:`raypipe.models.transforms.build_augmentation`); each part on its own flag, so
+    each can be measured on a session-held-out dev (docs/training.md says which helped).
+
+    The paper's set (Keras ImageDataGenerator style), ``affine``:
 
     - rotation: uniform in +-``rotation_degrees``.
     - shift: up to ``width_shift`` / ``height_shift`` of the width / height.
     - shear: the paper's 0.2 is read as radians (old Keras semantics), 0.2 rad = 11.5 deg.
     - zoom: scale uniform in [1 - zoom, 1 + zoom] (Keras ``zoom_range=0.2``).
-    - horizontal flip with probability ``horizontal_flip_p`` (faces are left-right symmetric).
-    Areas uncovered by the affine transform are filled with black (Keras would
-    repeat the edge pixels; torchvision only fills with a constant).
+      Areas uncovered by the affine transform are filled with black (Keras would
+      repeat the edge pixels; torchvision only fills with a constant).
+
+    Then horizontal flip with probability ``horizontal_flip_p`` (faces are left-right
+    symmetric), and capture-condition changes, off by default: ``brightness`` (brightness
+    and contrast factors in [1 - b, 1 + b]), ``gamma`` (in [1 - g, 1 + g]), Gaussian
+    ``blur_p`` and ``jpeg_p`` (re-compression at quality 40-95), each a probability.
     """
 
-    enabled: bool = True
+    enabled: bool = setting(True, "augmentation at all (--no-augment turns every part off)", flag="--augment")
+    affine: bool = setting(True, "the paper's rotation/shift/shear/zoom", flag="--aug-affine")
     rotation_degrees: float = 20.0
     width_shift: float = 0.2
     height_shift: float = 0.2
     shear_degrees: float = 11.5
     zoom: float = 0.2
-    horizontal_flip_p: float = 0.5
+    horizontal_flip_p: float = setting(0.5, "probability of a horizontal flip", flag="--aug-flip")
+    brightness: float = setting(0.0, "brightness/contrast jitter: factors in [1-b, 1+b]", flag="--aug-brightness")
+    gamma: float = setting(0.0, "gamma in [1-g, 1+g]", flag="--aug-gamma")
+    blur_p: float = setting(0.0, "probability of a Gaussian blur (sigma 0.1-1.5 px)", flag="--aug-blur")
+    jpeg_p: float = setting(0.0, "probability of JPEG re-compression (quality 40-95)", flag="--aug-jpeg")
 
 
 @dataclass

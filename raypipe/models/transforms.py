@@ -26,16 +26,39 @@ from raypipe.face import cut_region, expanded_region
 from raypipe.models.base import ModelSpec
 
 
+class RandomGamma(nn.Module):
+    """Gamma in [1 - g, 1 + g] (torchvision v2 has the function, not a random transform)."""
+
+    def __init__(self, spread: float) -> None:
+        super().__init__()
+        self.spread = spread
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        gamma = 1.0 + (2 * torch.rand(()).item() - 1) * self.spread
+        return v2.functional.adjust_gamma(image, gamma)
+
+
 def build_augmentation(config: AugmentConfig) -> v2.Compose | None:
     """The random part of the training pipeline (see :class:`raypipe.config.AugmentConfig`),
-    or None when disabled."""
+    or None when disabled. Runs on uint8 images at the model's input size."""
     if not config.enabled:
         return None
-    return v2.Compose([
-        v2.RandomAffine(degrees=config.rotation_degrees, translate=(config.width_shift, config.height_shift),
-                        scale=(1.0 - config.zoom, 1.0 + config.zoom), shear=config.shear_degrees),
-        v2.RandomHorizontalFlip(p=config.horizontal_flip_p),
-    ])
+    parts: list[nn.Module] = []
+    if config.affine:
+        parts.append(v2.RandomAffine(degrees=config.rotation_degrees,
+                                     translate=(config.width_shift, config.height_shift),
+                                     scale=(1.0 - config.zoom, 1.0 + config.zoom), shear=config.shear_degrees))
+    if config.horizontal_flip_p > 0:
+        parts.append(v2.RandomHorizontalFlip(p=config.horizontal_flip_p))
+    if config.brightness > 0:
+        parts.append(v2.ColorJitter(brightness=config.brightness, contrast=config.brightness))
+    if config.gamma > 0:
+        parts.append(RandomGamma(config.gamma))
+    if config.blur_p > 0:
+        parts.append(v2.RandomApply([v2.GaussianBlur(3, sigma=(0.1, 1.5))], p=config.blur_p))
+    if config.jpeg_p > 0:
+        parts.append(v2.RandomApply([v2.JPEG(quality=(40, 95))], p=config.jpeg_p))
+    return v2.Compose(parts) if parts else None
 
 
 def _as_tensor(images: torch.Tensor | np.ndarray) -> torch.Tensor:

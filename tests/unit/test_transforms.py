@@ -131,3 +131,30 @@ def test_read_only_numpy_batch_is_accepted(batch, recwarn):
     out = build_transforms(ATTACKNET)(array)
     assert out.shape == (2, 3, 32, 32)
     assert not [w for w in recwarn if "not writable" in str(w.message)]
+
+
+def _parts(**changes) -> list[str]:
+    from raypipe.models.transforms import build_augmentation
+
+    built = build_augmentation(AugmentConfig(**changes))
+    return [type(t).__name__ for t in built.transforms] if built is not None else []
+
+
+def test_each_augmentation_part_has_its_own_switch():
+    assert _parts() == ["RandomAffine", "RandomHorizontalFlip"]  # the paper's set, nothing else
+    assert _parts(affine=False, horizontal_flip_p=0.0) == []
+    assert _parts(affine=False, brightness=0.2, gamma=0.2, blur_p=0.5, jpeg_p=0.5) == [
+        "RandomHorizontalFlip", "ColorJitter", "RandomGamma", "RandomApply", "RandomApply"]
+    assert _parts(enabled=False, brightness=0.5) == []
+
+
+@pytest.mark.parametrize("change", [{"brightness": 0.5}, {"gamma": 0.5}, {"blur_p": 1.0}, {"jpeg_p": 1.0}])
+def test_capture_augmentations_change_pixels_but_not_shape_or_dtype(change):
+    from raypipe.models.transforms import build_augmentation
+
+    torch.manual_seed(0)
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (3, 32, 32), dtype=np.uint8))
+    augment = build_augmentation(AugmentConfig(affine=False, horizontal_flip_p=0.0, **change))
+    outs = [augment(image) for _ in range(4)]
+    assert all(o.shape == image.shape and o.dtype == torch.uint8 for o in outs)
+    assert any(not torch.equal(o, image) for o in outs)
