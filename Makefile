@@ -1,6 +1,10 @@
 # The two commands of the README. Both set up .venv from nothing first.
 .PHONY: setup setup-test demo test test-fast bench
 
+# Pretrained weights (MiniFASNet): ../shared/weights beside a development checkout; elsewhere
+# raypipe takes them from its cache or their published URL (docs/training.md).
+export RAYPIPE_WEIGHTS_DIR ?= $(wildcard $(abspath ../shared/weights))
+
 setup:
 	bash scripts/setup.sh
 

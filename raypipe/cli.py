@@ -134,14 +134,23 @@ def cmd_preprocess(args: argparse.Namespace) -> dict:
 
 
 def add_fetch_models(sub: argparse._SubParsersAction) -> None:
-    sub.add_parser("fetch-models", help="download and verify the BlazeFace detector models into the cache")
+    sub.add_parser("fetch-models", help="download and verify the BlazeFace detector models (required) and the "
+                                        "pretrained MiniFASNet weights (optional) into the cache")
 
 
 @command("fetch-models")
 def cmd_fetch_models(args: argparse.Namespace) -> dict:
     from raypipe.face import MODELS, resolve_model_path
+    from raypipe.models.weights import SILENTFACE_V1SE, SILENTFACE_V2, WeightsUnavailable, resolve_weights
 
-    return {name: str(resolve_model_path(name)) for name in MODELS}
+    found: dict[str, str] = {name: str(resolve_model_path(name)) for name in MODELS}
+    for weights in (SILENTFACE_V2, SILENTFACE_V1SE):
+        try:  # optional: without them the demo trains from scratch and says why
+            found[weights.file] = str(resolve_weights(weights))
+        except WeightsUnavailable as exc:
+            print(f"raypipe fetch-models: optional pretrained weights unavailable: {exc}", file=sys.stderr)
+            found[weights.file] = "unavailable"
+    return found
 
 
 def add_demo_data(sub: argparse._SubParsersAction) -> None:

@@ -10,7 +10,12 @@ import pytest
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")  # Ray 2.60 turns token auth on for local clusters
 os.environ.setdefault("GLOG_minloglevel", "2")
 
-NUAA_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "datasets" / "nuaa"
+SHARED = Path(__file__).resolve().parents[1].parent / "shared"
+NUAA_ROOT = SHARED / "datasets" / "nuaa"
+# The published MiniFASNet weights beside a development checkout (no network here); an empty
+# value (as the Makefile exports it elsewhere) means: the cache, then the published URL.
+if not os.environ.get("RAYPIPE_WEIGHTS_DIR") and (SHARED / "weights" / "silentface").is_dir():
+    os.environ["RAYPIPE_WEIGHTS_DIR"] = str(SHARED / "weights")
 
 
 @pytest.fixture(scope="session")
