@@ -100,13 +100,15 @@ class TrainConfig:
     cosine_scale: float = 30.0
     augment: AugmentConfig = setting(factory=AugmentConfig)
     pretrained: str | None = setting(None, "'imagenet' (if cached locally), 'silentface' (MiniFASNet) or a weights file")
+    freeze_norm: bool | None = setting(None, "keep BatchNorm statistics fixed while training (default: when starting "
+                                             "from pretrained weights)")
     datasets: list[str] | None = setting(None, "comma-separated datasets of the data directory")
     dev_by: str = setting("auto", "how dev is carved from train where a dataset has no dev split "
                                   "(auto: by session when the data records sessions, else by subject)",
                           choices=DEV_RULES)
     dev_fraction: float = setting(0.2, "share of subjects/sessions/samples carved into dev")
     seed: int = setting(0, "seed of the dev carving and of training")
-    threshold_rule: str = setting("eer", "eer, apcer:<target> or a fixed number, chosen on dev")
+    threshold_rule: str = setting("eer", "eer, apcer:<target>, bpcer:<target> or a fixed number, chosen on dev")
     cross_data: str | None = setting(None, "another preprocess output (e.g. another database) scored after "
                                            "training at the dev threshold: the generalisation report")
     experiment: str = setting("raypipe", "MLflow experiment")
@@ -116,6 +118,9 @@ class TrainConfig:
     storage_path: str | None = setting(None, "Ray Train checkpoints: local, NFS, s3://, gs:// (default: data/ray_results)")
     max_failures: int = 2
     tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
+
+    def resolved_freeze_norm(self) -> bool:
+        return bool(self.pretrained) if self.freeze_norm is None else self.freeze_norm
 
 
 @dataclass
@@ -130,7 +135,7 @@ class RegisterPretrainedConfig:
     calibration_data: str | None = setting(None, "a preprocess output whose dev split chooses the threshold "
                                                  "(default: the published decision point 0.5)")
     datasets: list[str] | None = setting(None, "comma-separated datasets of the calibration data")
-    threshold_rule: str = setting("eer", "eer or apcer:<target>, applied to the calibration dev split")
+    threshold_rule: str = setting("eer", "eer, apcer:<target> or bpcer:<target>, applied to the calibration dev split")
     dev_by: str = setting("auto", "how dev is carved from the calibration data (as in training)", choices=DEV_RULES)
     dev_fraction: float = setting(0.2, "as in training")
     seed: int = setting(0, "as in training")

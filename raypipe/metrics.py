@@ -390,11 +390,14 @@ def parse_threshold_rule(rule: str | float) -> tuple[str, float | None]:
         return "eer", None
     if text.startswith("apcer:"):
         return "apcer", _unit_number(text.removeprefix("apcer:"), f"APCER target in {rule!r}")
+    if text.startswith("bpcer:"):
+        return "bpcer", _unit_number(text.removeprefix("bpcer:"), f"BPCER target in {rule!r}")
     try:
         return "fixed", _unit_number(float(text), "fixed threshold")
     except ValueError:
         raise ValueError(
-            f"threshold rule must be 'eer', 'apcer:<target in [0, 1]>' or a threshold in [0, 1]; got {rule!r}"
+            f"threshold rule must be 'eer', 'apcer:<target in [0, 1]>', 'bpcer:<target in [0, 1]>' or a "
+            f"threshold in [0, 1]; got {rule!r}"
         ) from None
 
 
@@ -433,6 +436,10 @@ def choose_threshold(
     * ``"apcer:T"``: the lowest BPCER among thresholds with worst-type APCER <= T
       (as :func:`threshold_at_apcer`), at the logit-space middle of all thresholds
       that give that same APCER and BPCER.
+    * ``"bpcer:T"``: security first, for attacks dev has never shown: the lowest threshold
+      (so the lowest APCER) whose dev BPCER is <= T, at the logit-space middle of the
+      thresholds that give the same APCER and BPCER. With T = 0.01 it sits just above the
+      99th percentile of the dev live scores, whatever the dev attacks score.
     * a number: that fixed threshold; the dev set is not looked at.
 
     ``logit(p) = log(p / (1 - p))`` with p clipped to [1e-6, 1 - 1e-6], so scores must be
@@ -445,6 +452,8 @@ def choose_threshold(
     y, s = _check_dev_set(labels, scores)
     if kind == "eer":
         return _eer_rule(y, s)
+    if kind == "bpcer":
+        return _bpcer_rule(y, s, float(value), attack_types)
     return _apcer_rule(y, s, float(value), attack_types)
 
 
@@ -485,6 +494,19 @@ def _apcer_rule(y: np.ndarray, s: np.ndarray, target: float, attack_types: Array
 def _logit(p: float) -> float:
     p = min(max(p, LOGIT_CLIP), 1.0 - LOGIT_CLIP)
     return math.log(p / (1.0 - p))
+
+
+def _bpcer_rule(y: np.ndarray, s: np.ndarray, target: float, attack_types: ArrayLike | None) -> float:
+    apcer, bpcer, thr = _apcer_bpcer_curve(y, s, attack_types)
+    best = int(np.flatnonzero(bpcer <= target + 1e-12)[0])  # the last candidate rejects nothing: BPCER 0
+    # Along the candidates APCER rises and BPCER falls: the candidates tied with the first
+    # feasible one follow it; candidate i stands for (thr[i-1], thr[i]].
+    tied = (apcer == apcer[best]) & (bpcer == bpcer[best])
+    breaks = np.flatnonzero(~tied[best:])
+    last = best + int(breaks[0]) - 1 if breaks.size else thr.size - 1
+    low = thr[best - 1] if best > 0 else -np.inf
+    high = thr[last] if last < thr.size - 1 else np.inf
+    return _middle(low, high, fallback=thr[best])
 
 
 def _middle(low: float, high: float, fallback: float) -> float:

@@ -574,3 +574,19 @@ def test_auc_invariant_to_monotone_transform():
     logit = np.log(s + 1e-3) - np.log(1 - s + 1e-3)
     assert M.auc(y, logit) == pytest.approx(M.auc(y, s))
     assert M.eer(y, logit)[0] == pytest.approx(M.eer(y, s)[0])
+
+
+def test_bpcer_rule_is_the_lowest_threshold_within_the_live_budget():
+    live = np.linspace(0.001, 0.1, 100)  # 100 live scores, the top three 0.098, 0.099, 0.1
+    attack = np.linspace(0.5, 0.9, 10)
+    y, s = np.r_[np.zeros(100, int), np.ones(10, int)], np.r_[live, attack]
+    one_percent = M.choose_threshold(y, s, "bpcer:0.01")
+    assert live[-2] < one_percent <= live[-1]  # exactly one live score (1 %) at or above it
+    assert M.compute_all(y, s, one_percent)["bpcer"] == pytest.approx(0.01)
+    # the middle of the tied range in logit space: between the 99th and the 100th live score
+    expected = 1 / (1 + np.exp(-(np.log(live[-2] / (1 - live[-2])) + np.log(live[-1] / (1 - live[-1]))) / 2))
+    assert one_percent == pytest.approx(expected)
+    # a budget of zero on a separable dev: the same zero-error range as the eer rule
+    assert M.choose_threshold(y, s, "bpcer:0") == pytest.approx(M.choose_threshold(y, s, "eer"))
+    with pytest.raises(ValueError, match="BPCER target"):
+        M.choose_threshold(y, s, "bpcer:2")
