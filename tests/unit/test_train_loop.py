@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from raypipe import crops
-from raypipe.models import AugmentConfig, build_transforms, get_spec
+from raypipe.models import AugmentConfig, build_transforms, create_model, get_spec
 from raypipe.train import TrainConfig, build_model_and_loss, collate, evaluate, train_one_epoch
 from tests.fixtures.crops import make_crops_dir
 
@@ -77,3 +77,18 @@ def test_evaluate_returns_aligned_deterministic_scores(small_data):
     assert ((0 <= first["scores"]) & (first["scores"] <= 1)).all()
     assert sorted(set(first["labels"].tolist())) == [0, 1]
     assert set(first["attack_types"]) == {"live", "print", "replay"}
+
+
+def test_fine_tuning_keeps_batchnorm_statistics_fixed(small_data):
+    from raypipe.train import set_training_mode
+
+    model = create_model("attacknet")
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = [m.running_mean.clone() for m in norms]
+    set_training_mode(model, freeze_norm=True)
+    assert model.training and not any(m.training for m in norms)
+    batch = next(iter(batches(small_data, "train", model.spec)))
+    model(build_transforms(model.spec, None, train=False)(batch["image"]))
+    assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))  # statistics untouched
+    set_training_mode(model)
+    assert all(m.training for m in norms)
