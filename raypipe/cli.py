@@ -330,7 +330,8 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
     return run_pipeline(pipeline_config(preprocess, train_config(args, data=preprocess.out), args.address))
 
 
-PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_register_pretrained, add_evaluate, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
+PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_register_pretrained, add_evaluate,
+           add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

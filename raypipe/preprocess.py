@@ -29,8 +29,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from raypipe import storage
-from raypipe.datasets import get_adapter
 from raypipe.config import PreprocessConfig
+from raypipe.datasets import get_adapter
 from raypipe.face import FaceConfig, FaceError, FacePipeline
 from raypipe.runtime import init_ray
 

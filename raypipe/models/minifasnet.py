@@ -38,6 +38,7 @@ pretrained="silentface")``, resolved by :mod:`raypipe.models.weights`.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import math
@@ -49,9 +50,20 @@ import torch.nn.functional as F
 from torch import nn
 
 from raypipe.labels import ATTACK, LIVE
-from raypipe.models.base import DEFAULT_COSINE_SCALE, CropSpec, FaceClassifier, ModelSpec, build_head
+from raypipe.models.base import (
+    DEFAULT_COSINE_SCALE,
+    CropSpec,
+    FaceClassifier,
+    ModelSpec,
+    build_head,
+)
 from raypipe.models.pretrained import read_state_dict
-from raypipe.models.weights import SILENTFACE_V1SE, SILENTFACE_V2, WeightFile, resolve_weights
+from raypipe.models.weights import (
+    SILENTFACE_V1SE,
+    SILENTFACE_V2,
+    WeightFile,
+    resolve_weights,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,16 +99,9 @@ V2_SPEC = ModelSpec(
     crop=CropSpec(scale=V2_CROP_SCALE, shape="box"),
     channels="bgr",
 )
-V1SE_SPEC = ModelSpec(
-    name="minifasnet_v1se",
-    input_size=INPUT_SIZE,
-    mean=_MEAN,
-    std=_STD,
-    embedding_dim=EMBEDDING_DIM,
-    description="MiniFASNetV1SE (Silent-Face, 0.43M params, box crop 4.0x, BGR 0-255)",
-    crop=CropSpec(scale=V1SE_CROP_SCALE, shape="box"),
-    channels="bgr",
-)
+V1SE_SPEC = dataclasses.replace(
+    V2_SPEC, name="minifasnet_v1se", crop=CropSpec(scale=V1SE_CROP_SCALE, shape="box"),
+    description="MiniFASNetV1SE (Silent-Face, 0.43M params, box crop 4.0x, BGR 0-255)")
 ENSEMBLE_SPEC = ModelSpec(
     name="minifasnet_ensemble",
     input_size=2 * INPUT_SIZE,

@@ -29,9 +29,22 @@ from raypipe.serve.errors import ApiError, error_response, from_face_error
 from raypipe.serve.guard import API_KEY_HEADER, ApiKeys, RateLimiter, read_body
 from raypipe.serve.metrics import IngressMetrics
 from raypipe.serve.payload import images_from_body
-from raypipe.serve.schemas import (ClassifierStatus, DetectResponse, DetectTiming, ErrorBody, ErrorDetail, Face,
-                                   FrameError, FrameFace, FramesResponse, FramesTiming, Fused, Health, ImageSize,
-                                   ModelInfo)
+from raypipe.serve.schemas import (
+    ClassifierStatus,
+    DetectResponse,
+    DetectTiming,
+    ErrorBody,
+    ErrorDetail,
+    Face,
+    FrameError,
+    FrameFace,
+    FramesResponse,
+    FramesTiming,
+    Fused,
+    Health,
+    ImageSize,
+    ModelInfo,
+)
 from raypipe.serve.settings import ServeSettings
 
 log = logging.getLogger(__name__)
