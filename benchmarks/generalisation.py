@@ -48,9 +48,10 @@ def run(work: Path, name: str, *args: str, skip_existing: bool = False) -> dict:
     started = time.perf_counter()
     proc = subprocess.run([RAYPIPE, *args], capture_output=True, text=True)
     (work / f"{name}.err").write_text(proc.stderr)
+    (work / f"{name}.out").write_text(proc.stdout)
     if proc.returncode != 0:
         raise SystemExit(f"{name} failed ({proc.returncode}):\n{proc.stderr[-2000:]}")
-    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    result = json.loads([line for line in proc.stdout.splitlines() if line.startswith("{")][-1])
     result["wall_seconds"] = round(time.perf_counter() - started, 1)
     out.write_text(json.dumps(result))
     return result
