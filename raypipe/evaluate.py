@@ -125,6 +125,8 @@ def evaluate_model(config: EvaluateConfig) -> dict[str, Any]:
     """
     if config.split not in ROLES:  # before loading anything
         raise ValueError(f"split must be one of {ROLES}, got {config.split!r}")
+    if config.threshold is not None:
+        metrics.parse_threshold_rule(config.threshold)
     started = time.perf_counter()
     configure_tracking(config.tracking_uri)
     loaded = load_model(config.model_uri)
@@ -161,14 +163,9 @@ def operating_threshold(config: EvaluateConfig, loaded: LoadedModel, predictor: 
     rule = config.threshold
     if rule is None:
         return loaded.threshold, "model"
-    try:
-        fixed = float(rule)
-    except ValueError:
-        fixed = None
-    if fixed is not None:
-        if not 0.0 <= fixed <= 1.0:
-            raise ValueError(f"a fixed threshold is a spoof probability in [0, 1], got {rule!r}")
-        return fixed, "fixed"
+    kind, value = metrics.parse_threshold_rule(rule)
+    if kind == "fixed":
+        return float(value), "fixed"
     if config.split == "dev":
         dev = scored
     else:

@@ -274,6 +274,10 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
     tracking_uri = configure_tracking(config.tracking_uri)
     index = crops.read_index(config.data, config.datasets)
     face = crops.face_settings(config.data, config.datasets)  # stored with the model, for serving
+    # Fail before training, not after it: a bad rule or an unreadable cross-data path.
+    metrics.parse_threshold_rule(config.threshold_rule)
+    if config.cross_data:
+        crops.read_index(config.cross_data)
     plan = crops.plan_splits(index, config.dev_fraction, config.seed, config.dev_by)
     log.info("dev split: %s", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items()))
     counts = crops.role_counts(index, plan)

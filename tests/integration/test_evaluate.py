@@ -154,8 +154,9 @@ def test_threshold_can_be_rechosen_at_evaluation_time(registered, data):
     dev = evaluate_model(EvaluateConfig(split="dev", threshold="eer", **common))
     assert on_dev["threshold_source"] == dev["threshold_source"] == "eer on dev"
     assert on_dev["threshold"] == pytest.approx(dev["threshold"])
-    with pytest.raises(ValueError, match="fixed threshold"):
-        evaluate_model(EvaluateConfig(threshold="1.5", **common))
+    for bad in ("1.5", "median"):  # refused before the model is even loaded
+        with pytest.raises(ValueError, match="threshold rule must be"):
+            evaluate_model(EvaluateConfig(threshold=bad, **{**common, "model_uri": "models:/absent/1"}))
 
 
 def test_score_without_batches_and_the_test_plan():

@@ -92,3 +92,16 @@ def test_fine_tuning_keeps_batchnorm_statistics_fixed(small_data):
     assert all(torch.equal(b, m.running_mean) for b, m in zip(before, norms))  # statistics untouched
     set_training_mode(model)
     assert all(m.training for m in norms)
+
+
+@pytest.mark.parametrize("change, error", [({"cross_data": "/nowhere"}, FileNotFoundError),
+                                           ({"threshold_rule": "median"}, ValueError)])
+def test_bad_settings_fail_before_any_training(small_data, tmp_path, change, error):
+    import ray
+
+    from raypipe.train import run_training
+
+    config = TrainConfig(data=str(small_data.root), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", **change)
+    with pytest.raises(error):
+        run_training(config)
+    assert not ray.is_initialized()  # refused before a cluster was even started
