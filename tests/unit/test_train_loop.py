@@ -96,12 +96,14 @@ def test_fine_tuning_keeps_batchnorm_statistics_fixed(small_data):
 
 @pytest.mark.parametrize("change, error", [({"cross_data": "/nowhere"}, FileNotFoundError),
                                            ({"threshold_rule": "median"}, ValueError)])
-def test_bad_settings_fail_before_any_training(small_data, tmp_path, change, error):
-    import ray
-
+def test_bad_settings_fail_before_any_training(small_data, tmp_path, monkeypatch, change, error):
+    from raypipe import runtime
     from raypipe.train import run_training
 
+    def no_cluster(*_args, **_kwargs):  # a shared test cluster may already run: watch the call instead
+        raise AssertionError("reached Ray before refusing the settings")
+
+    monkeypatch.setattr(runtime, "init_ray", no_cluster)
     config = TrainConfig(data=str(small_data.root), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", **change)
     with pytest.raises(error):
         run_training(config)
-    assert not ray.is_initialized()  # refused before a cluster was even started
