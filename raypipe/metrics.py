@@ -20,6 +20,12 @@ The metrics
   type APCER == FAR, BPCER == FRR and ACER == HTER.
 * EER: the error rate where FAR == FRR, read off the ROC; BPCER@APCER: the smallest
   BPCER among thresholds whose APCER is at most a target (1 %, 5 %, 10 %).
+* :func:`iso_30107_3`: the same over presentation attack instrument *species* (``pai_type``;
+  a missing one is "unknown"): APCER per species, their maximum (the headline APCER), the
+  pooled APCER (= FAR) and ACER beside them, and BPCER100/BPCER20/BPCER10 (BPCER at
+  APCER <= 1/5/10 %).
+* :func:`video_scores`: a video's score from its frames' (mean, median or max), so every
+  metric can be computed per video.
 * ROC in the same live-positive view: ``fpr = FAR(t)`` (attacks accepted),
   ``tpr = 1 - FRR(t)`` (live accepted). A perfect detector (every attack scores
   above every live sample) has AUC 1.0; ties count one half.
@@ -65,6 +71,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
+import pandas as pd
 from numpy.typing import ArrayLike
 from sklearn import metrics as skm
 from sklearn.exceptions import UndefinedMetricWarning
@@ -75,6 +82,10 @@ DEFAULT_APCER_TARGETS = (0.01, 0.05, 0.10)
 DEFAULT_THRESHOLD_RULE = "eer"
 LOGIT_CLIP = 1e-6  # logit(p) uses p clipped to [1e-6, 1 - 1e-6]
 _SINGLE_TYPE = "attack"
+UNKNOWN_SPECIES = "unknown"  # the PAI species of an attack whose data does not name one
+#: ISO/IEC 30107-3's names for BPCER at APCER <= 1 %, 5 %, 10 % (BPCER100 = BPCER at APCER 1/100).
+ISO_BPCER_TARGETS = {"bpcer100": 0.01, "bpcer20": 0.05, "bpcer10": 0.10}
+VIDEO_SCORE_RULES = ("mean", "median", "max")  # also raypipe.config.EvaluateConfig.video_score's choices
 
 
 # ----------------------------------------------------------------------------- validation
@@ -372,6 +383,94 @@ def threshold_at_apcer(
     return float(thr[idx])
 
 
+# ----------------------------------------------------------------------------- ISO/IEC 30107-3
+
+
+def species_labels(labels: ArrayLike, species: ArrayLike | None) -> np.ndarray:
+    """Each attack's presentation attack instrument species as a str: a missing one (None,
+    NaN, "") is :data:`UNKNOWN_SPECIES`, so such attacks still count, as one species of
+    their own; live samples get "" (ignored). ``species=None``: every attack is unknown."""
+    y = np.asarray(labels)
+    if species is None:
+        out = np.full(y.size, UNKNOWN_SPECIES, dtype=object)
+    else:
+        values = np.asarray(species, dtype=object)
+        if values.ndim != 1 or values.size != y.size:
+            raise ValueError(f"species must be 1-D with {y.size} entries, got shape {values.shape}")
+        out = np.array([_species_name(v) for v in values], dtype=object)
+    out[y == LIVE] = ""
+    return out
+
+
+def _species_name(value: Any) -> str:
+    missing = pd.isna(value) if not isinstance(value, str) else not value.strip()  # None, NaN, pd.NA, ""
+    return UNKNOWN_SPECIES if missing else str(value)
+
+
+def iso_30107_3(
+    labels: ArrayLike, scores: ArrayLike, threshold: float, species: ArrayLike | None = None
+) -> dict[str, Any]:
+    """The ISO/IEC 30107-3 figures at ``threshold``, species by species, with the pooled ones beside them.
+
+    * ``apcer_per_species``: the fraction of each species' attacks accepted (score < threshold).
+    * ``apcer_max`` (the standard's headline APCER) = the largest of them, reached by
+      ``apcer_max_species`` (ties: the first name in sorted order).
+    * ``apcer_pooled``: every attack as one species (= FAR), what many papers call APCER.
+    * ``bpcer``: live rejected (= FRR); ``acer`` = (apcer_max + bpcer) / 2 (the standard's);
+      ``acer_pooled`` = (apcer_pooled + bpcer) / 2 (= HTER).
+    * ``bpcer100``, ``bpcer20``, ``bpcer10``: threshold-free, the lowest BPCER over the
+      thresholds where ``apcer_max`` <= 1 %, 5 %, 10 % (:func:`bpcer_at_apcer` with species).
+
+    ``species``: one PAI species per sample (``pai_type``: print, replay, mask, ...; missing
+    = "unknown", see :func:`species_labels`). nan where undefined: every APCER figure and
+    both ACERs without attacks, BPCER and both ACERs without live samples, BPCERxx unless
+    both classes are present.
+    """
+    y, s = _check_inputs(labels, scores)
+    kinds = species_labels(y, species)
+    by_species = apcer_bpcer_acer(y, s, threshold, kinds)
+    pooled = apcer_bpcer_acer(y, s, threshold)
+    per_species = by_species["apcer_per_type"]
+    worst = max(per_species, key=per_species.get) if per_species else None  # keys sorted: ties go to the first
+    at = bpcer_at_apcer(y, s, kinds, tuple(ISO_BPCER_TARGETS.values()))
+    bpcer = by_species["bpcer"]
+    return {
+        "apcer_per_species": per_species, "apcer_max": by_species["apcer"], "apcer_max_species": worst,
+        "apcer_pooled": pooled["apcer"], "bpcer": bpcer, "acer": by_species["acer"],
+        "acer_pooled": pooled["acer"],
+        **{name: at[_target_key(target)] for name, target in ISO_BPCER_TARGETS.items()},
+    }
+
+
+# ----------------------------------------------------------------------------- video-level scores
+
+
+def video_scores(frames: pd.DataFrame, rule: str = "mean") -> pd.DataFrame:
+    """One row per video from a frame table: the video's score is ``rule`` (mean, median or
+    max) of its frames' spoof probabilities.
+
+    ``frames`` has a ``video`` column (the video's identity), ``score`` and any columns that
+    describe the video rather than the frame (``label``, ``attack_type``, ``species``, ...):
+    the first frame's value is kept. Returns columns ``video``, ``score``, ``n_frames`` and
+    those, sorted by video. A still image is a video of one frame (its score unchanged).
+    Raises ValueError for an unknown rule, an empty table or a video whose frames disagree
+    on ``label`` (its rows would be mislabelled data, not one presentation).
+    """
+    if rule not in VIDEO_SCORE_RULES:
+        raise ValueError(f"video score rule must be one of {VIDEO_SCORE_RULES}, got {rule!r}")
+    if frames.empty:
+        raise ValueError("no frames to aggregate")
+    groups = frames.groupby("video", sort=True)
+    if "label" in frames and bool((groups["label"].nunique() > 1).any()):
+        mixed = groups["label"].nunique()
+        raise ValueError(f"frames of one video carry different labels: {mixed[mixed > 1].index[:5].tolist()}")
+    out = groups["score"].agg(rule).rename("score").to_frame()
+    out["n_frames"] = groups.size()
+    # the first frame's values, nulls included (groupby.first would skip a null for a later value)
+    described = frames.drop(columns="score").drop_duplicates("video").set_index("video")
+    return out.join(described).reset_index()
+
+
 # ----------------------------------------------------------------------------- threshold rules
 
 
@@ -535,14 +634,17 @@ def _jsonable(v: Any) -> Any:
 
 
 def compute_all(
-    labels: ArrayLike, scores: ArrayLike, threshold: float, attack_types: ArrayLike | None = None
+    labels: ArrayLike, scores: ArrayLike, threshold: float, attack_types: ArrayLike | None = None,
+    species: ArrayLike | None = None,
 ) -> dict[str, Any]:
     """Every metric of this module in one JSON-serialisable dict.
 
     Threshold-dependent values use ``threshold``; eer/eer_threshold, auc and
     bpcer_at_apcer_{1,5,10} are threshold-free. Python ints/floats only,
     ``apcer_per_type`` is a nested dict, and undefined (nan or infinite)
-    values are ``None``.
+    values are ``None``. With ``species`` (one PAI species per sample, None allowed) the
+    nested ``iso`` section holds :func:`iso_30107_3`; ``apcer``/``apcer_per_type`` stay per
+    ``attack_types``, the dataset's own attack labels, which may be finer than species.
     """
     y, s = _check_inputs(labels, scores)
     t = _check_threshold(threshold)
@@ -554,4 +656,6 @@ def compute_all(
     out.update(apcer_bpcer_acer(y, s, t, attack_types))
     out.update(eer=e, eer_threshold=e_thr, auc=auc(y, s))
     out.update(bpcer_at_apcer(y, s, attack_types))
+    if species is not None:
+        out["iso"] = iso_30107_3(y, s, t, species)
     return _jsonable(out)
