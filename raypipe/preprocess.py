@@ -31,6 +31,7 @@ import pyarrow.parquet as pq
 from raypipe import storage
 from raypipe.config import PreprocessConfig
 from raypipe.datasets import get_adapter
+from raypipe.datasets.frames import check_sampling
 from raypipe.face import FaceConfig, FaceError, FacePipeline
 from raypipe.runtime import init_ray
 
@@ -82,12 +83,13 @@ def frame_sample_id(record: dict, frame_index: int) -> str:
 class FaceCropper:
     """Ray Data callable class: one FacePipeline (one detector) per actor, reused."""
 
-    def __init__(self, face_config: FaceConfig, frames_per_video: int | None = 5, every: int | None = None) -> None:
+    def __init__(self, face_config: FaceConfig, frames_per_video: int | None = None, every: int | None = None) -> None:
         import cv2
 
         cv2.setNumThreads(1)  # one actor per core: OpenCV's own threads only oversubscribe
+        # bad sampling settings fail here, once, not as one reject per video
+        self.frames_per_video, self.every = check_sampling(frames_per_video, every)
         self.pipeline = FacePipeline(face_config)
-        self.frames_per_video, self.every = frames_per_video, every
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict] = []
@@ -109,17 +111,26 @@ class FaceCropper:
         return self._crop_row(record, data)
 
     def _video_rows(self, record: dict) -> Iterator[dict]:
-        from raypipe.datasets.frames import FrameReadError, iter_frames
+        """One row per sampled frame; an unreadable file is one reject with the video's own id
+        (``frame_index`` -1). A cut-off video keeps the frames before the cut as rows and adds
+        that reject (``truncated``), so the damage shows in ``by_reason``."""
+        from raypipe.datasets.frames import container_truncated, iter_frames
 
         hdf5_key = json.loads(record["extras"] or "{}").get("hdf5_key")  # configurable HDF5 layouts
         frames = iter_frames(record["path"], record["media"], self.frames_per_video, self.every, hdf5_key=hdf5_key)
-        try:
+        read = 0
+        try:  # one bad video never stops the job
             for frame_index, frame in frames:
+                read += 1
                 frame_record = {**record, "frame_index": frame_index,
                                 "sample_id": frame_sample_id(record, frame_index)}
                 yield self._crop_row(frame_record, frame)
-        except (FrameReadError, OSError) as exc:  # one bad video never stops the job
-            yield reject_row(record, "read_error", str(exc))
+        except Exception as exc:  # noqa: BLE001 - a decoder bug on one video must not kill the job either
+            yield video_reject(record, exc)
+            return
+        if record["media"] == "video" and container_truncated(record["path"]):
+            yield reject_row(record, "truncated", f"{record['path']}: shorter than its container headers say; "
+                                                  f"{read} sampled frame(s) read before the cut are rows")
 
     def _crop_row(self, record: dict, data: Any) -> dict:
         try:
@@ -142,6 +153,19 @@ class FaceCropper:
 
 def reject_row(record: dict, reason: str, message: str) -> dict:
     return {**record, "status": "rejected", "reject_reason": reason, "reject_message": message[:500]}
+
+
+def video_reject(record: dict, exc: Exception) -> dict:
+    """The reject of a video or HDF5 file whose reading failed: the reader's own reason
+    (``empty``, ``truncated``, ``undecodable``, ``read_error``), else ``internal_error``."""
+    from raypipe.datasets.frames import FrameReadError
+
+    if isinstance(exc, FrameReadError):
+        return reject_row(record, exc.reason, str(exc))
+    if isinstance(exc, OSError):
+        return reject_row(record, "read_error", f"{type(exc).__name__}: {exc}")
+    log.warning("unexpected error on %s: %s", record["rel_path"], type(exc).__name__)
+    return reject_row(record, "internal_error", f"{type(exc).__name__}: {exc}")
 
 
 # --------------------------------------------------------------------------------------
@@ -230,17 +254,23 @@ def _read_partition(base: str, dataset: str, split: str, columns: list[str]) -> 
 def summarize(out: str, partitions: set[tuple[str, str]], records: list[dict], scan_report: dict,
               seconds: float, total_seconds: float) -> dict:
     """Counts read back from the written files, with the rows + rejects = inputs check."""
-    row_ids, reject_ids, reasons = [], [], Counter()
+    row_ids, reject_ids, reasons, sources = [], [], Counter(), set()
     for dataset, split in sorted(partitions):
-        row_ids += _read_partition(storage.join(out, CROPS_DIR), dataset, split, ["sample_id"]).column("sample_id").to_pylist()
-        rejects = _read_partition(storage.join(out, REJECTS_DIR), dataset, split, ["sample_id", "reject_reason"])
+        rows = _read_partition(storage.join(out, CROPS_DIR), dataset, split, ["sample_id", "rel_path"])
+        rejects = _read_partition(storage.join(out, REJECTS_DIR), dataset, split,
+                                  ["sample_id", "rel_path", "reject_reason"])
+        row_ids += rows.column("sample_id").to_pylist()
         reject_ids += rejects.column("sample_id").to_pylist()
         reasons.update(rejects.column("reject_reason").to_pylist())
+        sources |= {(dataset, p) for t in (rows, rejects) for p in t.column("rel_path").to_pylist()}
     image_ids = {r["sample_id"] for r in records if r["media"] == "image"}
+    # a video has no fixed id set (its frames depend on its length), but it must leave a row or a reject
+    lost_videos = {(r["dataset"], r["rel_path"]) for r in records if r["media"] != "image"} - sources
     written = row_ids + reject_ids
-    if len(set(written)) != len(written) or not image_ids <= set(written):
+    if len(set(written)) != len(written) or not image_ids <= set(written) or lost_videos:
         raise RuntimeError(f"output check failed: {len(written)} written ids, {len(set(written))} distinct, "
-                           f"{len(image_ids - set(written))} image inputs unaccounted for")
+                           f"{len(image_ids - set(written))} image inputs and {len(lost_videos)} videos "
+                           "unaccounted for")
     inputs = len(written)
     return {"inputs": inputs, "rows": len(row_ids), "rejected": len(reject_ids),
             "by_reason": dict(sorted(reasons.items())), "seconds": round(seconds, 3),
@@ -254,9 +284,10 @@ def _write_manifest(out: str, config: PreprocessConfig, summary: dict) -> None:
     path = storage.join(out, "manifest.json")
     manifest = storage.read_json(path, default={})
     face = asdict(config.face)
+    frames_per_video, every = check_sampling(config.frames_per_video, config.every)  # the sampling applied
     manifest[config.dataset] = {"summary": summary, "split": config.split, "root": storage.redact(config.root),
                                 "face": face, "pipeline_version": config.face.version(),
-                                "frames_per_video": config.frames_per_video, "every": config.every}
+                                "frames_per_video": frames_per_video, "every": every}
     storage.write_json(path, manifest)
 
 

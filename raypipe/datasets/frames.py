@@ -24,12 +24,16 @@ replicated to 3 channels). HDF5 colour data is taken to be RGB already (the
 Idiap convention); video frames are converted from OpenCV's BGR.
 
 Every frame is yielded as ``(frame_index, RGB uint8 array of shape HxWx3)``.
-Unreadable files raise :class:`FrameReadError`.
+Unreadable files raise :class:`FrameReadError`, whose ``reason`` (``empty``,
+``truncated``, ``undecodable``, ``read_error``) becomes the reject reason;
+sampling settings that cannot apply raise :class:`FrameSamplingError`.
 """
 
 from __future__ import annotations
 
 import math
+import os
+import struct
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
@@ -48,7 +52,36 @@ _SEQUENTIAL_GAP = 8
 
 
 class FrameReadError(ValueError):
-    """A video or HDF5 file cannot be opened or yields no decodable frame."""
+    """A video or HDF5 file cannot be opened or yields no decodable frame.
+
+    ``reason`` is the reject reason preprocessing records: ``empty`` (0 bytes),
+    ``truncated`` (shorter than its own container headers say), ``undecodable``,
+    ``read_error`` (missing or unreadable file).
+    """
+
+    def __init__(self, message: str, reason: str = "undecodable") -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+class FrameSamplingError(ValueError):
+    """Frame sampling settings that cannot apply: both N and k given, or a value below 1."""
+
+
+def check_sampling(frames_per_video: int | None = None, every: int | None = None) -> tuple[int | None, int | None]:
+    """The effective ``(frames_per_video, every)``: exactly one is set (neither given: N = 5).
+
+    Raises :class:`FrameSamplingError` for both given or a value below 1, so a job can
+    refuse its settings before it reads any file.
+    """
+    if frames_per_video is not None and every is not None:
+        raise FrameSamplingError(f"give frames_per_video ({frames_per_video}) or every ({every}), not both")
+    for name, value in (("frames_per_video", frames_per_video), ("every", every)):
+        if value is not None and int(value) < 1:
+            raise FrameSamplingError(f"{name} must be >= 1, got {value}")
+    if every is not None:
+        return None, int(every)
+    return (DEFAULT_FRAMES_PER_VIDEO if frames_per_video is None else int(frames_per_video)), None
 
 
 def frame_indices(n_frames: int, frames_per_video: int | None = None, every: int | None = None) -> list[int]:
@@ -58,15 +91,9 @@ def frame_indices(n_frames: int, frames_per_video: int | None = None, every: int
     k-th frame from 0) are exclusive; neither means 5 evenly spaced frames.
     A video shorter than N gives all its frames.
     """
-    if frames_per_video is not None and every is not None:
-        raise ValueError("give frames_per_video or every, not both")
+    count, every = check_sampling(frames_per_video, every)
     if every is not None:
-        if int(every) < 1:
-            raise ValueError(f"every must be >= 1, got {every}")
-        return list(range(0, max(int(n_frames), 0), int(every)))
-    count = DEFAULT_FRAMES_PER_VIDEO if frames_per_video is None else int(frames_per_video)
-    if count < 1:
-        raise ValueError(f"frames_per_video must be >= 1, got {frames_per_video}")
+        return list(range(0, max(int(n_frames), 0), every))
     n_frames = max(int(n_frames), 0)
     if count >= n_frames:
         return list(range(n_frames))
@@ -101,13 +128,67 @@ def iter_frames(
 
 
 def _open(path: str) -> cv2.VideoCapture:
-    if "://" not in path and not Path(path).is_file():  # URLs go to FFmpeg as they are
-        raise FrameReadError(f"{path}: no such file")
+    if "://" not in path:  # URLs go to FFmpeg as they are
+        if not Path(path).is_file():
+            raise FrameReadError(f"{path}: no such file", "read_error")
+        if Path(path).stat().st_size == 0:
+            raise FrameReadError(f"{path}: empty file", "empty")
     capture = cv2.VideoCapture(path)
     if not capture.isOpened():
         capture.release()
-        raise FrameReadError(f"{path}: OpenCV cannot open this video")
+        raise _unreadable(path, "OpenCV cannot open this video")
     return capture
+
+
+def _unreadable(path: str, what: str) -> FrameReadError:
+    """The error for a video that gives no frame: ``truncated`` when its headers say so."""
+    if container_truncated(path):
+        return FrameReadError(f"{path}: {what} (the file is shorter than its container headers say)", "truncated")
+    return FrameReadError(f"{path}: {what}", "undecodable")
+
+
+# ISO-BMFF (MP4/MOV) top-level boxes a real file starts with: anything else is not walked.
+_BMFF_FIRST_BOXES = {b"ftyp", b"wide", b"free", b"skip", b"mdat", b"moov", b"pnot"}
+
+
+def container_truncated(path: str | Path) -> bool:
+    """True when a local AVI (RIFF) or MP4/MOV (ISO-BMFF) file is shorter than its own
+    headers say: a copy cut off in transfer. Other formats and URLs: False.
+
+    Only the headers are read (the RIFF size, or the top-level box sizes): a truncated
+    MP4/MOV usually lacks its index (``moov`` is written last), so OpenCV cannot even
+    open it and would not say why.
+    """
+    path = str(path)
+    if "://" in path:
+        return False
+    try:
+        size = os.path.getsize(path)
+        with open(path, "rb") as handle:
+            head = handle.read(12)
+            if head[:4] == b"RIFF" and len(head) >= 8:
+                return struct.unpack("<I", head[4:8])[0] + 8 > size
+            if head[4:8] in _BMFF_FIRST_BOXES:
+                return _boxes_overrun(handle, size)
+    except OSError:
+        return False
+    return False
+
+
+def _boxes_overrun(handle, size: int) -> bool:
+    """Walk the top-level ISO-BMFF boxes: True when the last one ends past the end of file."""
+    offset = 0
+    while offset + 8 <= size:
+        handle.seek(offset)
+        box_size, _kind = struct.unpack(">I4s", handle.read(8))
+        if box_size == 1:  # 64-bit size follows the type
+            box_size = struct.unpack(">Q", handle.read(8))[0]
+        elif box_size == 0:  # "extends to the end of the file"
+            return False
+        if box_size < 8:
+            return False  # not a box structure after all: no claim about truncation
+        offset += box_size
+    return offset > size
 
 
 def _frame_count(capture: cv2.VideoCapture) -> int:
@@ -146,7 +227,7 @@ def _video_frames(path: str, frames_per_video: int | None, every: int | None) ->
             done.add(index)
             yield index, frame
         if not done:
-            raise FrameReadError(f"{path}: no decodable frame")
+            raise _unreadable(path, "no decodable frame")
     finally:
         capture.release()
 
@@ -204,7 +285,7 @@ def _read_image(path: str) -> np.ndarray:
     try:
         data = np.fromfile(path, dtype=np.uint8)  # np.fromfile + imdecode: non-ASCII paths work
     except OSError as exc:
-        raise FrameReadError(f"{path}: {exc}") from exc
+        raise FrameReadError(f"{path}: {exc}", "read_error") from exc
     image = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if image is None:
         raise FrameReadError(f"{path}: cannot decode image")
@@ -219,11 +300,15 @@ def _hdf5_frames(path: str, frames_per_video: int | None, every: int | None,
     import h5py
 
     if not Path(path).is_file():
-        raise FrameReadError(f"{path}: no such file")
+        raise FrameReadError(f"{path}: no such file", "read_error")
+    if Path(path).stat().st_size == 0:
+        raise FrameReadError(f"{path}: empty file", "empty")
     try:
         handle = h5py.File(path, "r")
     except OSError as exc:
-        raise FrameReadError(f"{path}: not a readable HDF5 file ({exc})") from exc
+        # the HDF5 library names a cut-off file itself ("truncated file: eof = ...")
+        reason = "truncated" if "truncated file" in str(exc) else "undecodable"
+        raise FrameReadError(f"{path}: not a readable HDF5 file ({exc})", reason) from exc
     with handle:
         dataset = _colour_dataset(handle, key, path)
         channel_first = _is_channel_first(dataset.shape)

@@ -30,13 +30,18 @@ def data(tmp_path_factory):
     return make_crops_dir(tmp_path_factory.mktemp("crops"), splits=("train", "test"), subjects=5, images_per_subject=6)
 
 
-def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, tracking, tmp_path):
+def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, tracking, tmp_path, capsys):
     unseen = make_crops_dir(tmp_path / "other", datasets=("other",), splits=("test",), subjects=2, seed=3)
     config = TrainConfig(data=str(data.root), model="attacknet", epochs=3, workers=2, experiment="t",
                          register="t-attacknet", promote=True, patience=5, cross_data=str(unseen.root))
     summary = run_training(config)
     assert {"run_id", "model_uri", "version", "threshold", "dev", "epochs_run", "seconds"} <= set(summary)
     assert summary["epochs_run"] == 3 and summary["version"] == "1"
+    # one progress line per epoch reached the driver's stderr while training ran
+    stderr = capsys.readouterr().err.splitlines()
+    progress = [line.split() for line in stderr if line.startswith("raypipe train: epoch")]
+    assert [words[3] for words in progress] == ["1/3", "2/3", "3/3"]
+    assert all({"train_loss", "dev_loss", "dev_hter", "samples/s", "ETA"} <= set(words) for words in progress)
     assert summary["dev"]["n_live"] + summary["dev"]["n_attack"] == 12  # 1 carved subject x 12 crops
     champion = load_model("models:/t-attacknet@champion")
     assert champion.threshold == pytest.approx(summary["threshold"])
@@ -52,6 +57,18 @@ def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, track
     assert (cross["n_live"], cross["n_attack"]) == (unseen.n(kind="live"), unseen.n(kind="attack"))
     assert cross["threshold"] == summary["threshold"] and cross["datasets"] == ["other"]
     assert client.get_run(summary["run_id"]).data.metrics["cross_hter"] == pytest.approx(cross["hter"])
+
+
+@pytest.mark.slow
+def test_early_stopping_ends_the_run_when_patience_is_reached(ray_session, data, tracking):
+    """Learning rate 0 and frozen BatchNorm: the weights never change, so the dev loss of
+    epoch 0 is never beaten; with patience 1 the second epoch is the last of 5 requested."""
+    config = TrainConfig(data=str(data.root), model="attacknet", epochs=5, workers=2, experiment="es",
+                         lr=0.0, freeze_norm=True, patience=1)
+    summary = run_training(config)
+    assert (summary["epochs_run"], summary["best_epoch"]) == (2, 0)
+    steps = [m.step for m in mlflow.MlflowClient().get_metric_history(summary["run_id"], "dev_loss")]
+    assert steps == [0, 1]
 
 
 def _train_worker_pids() -> list[int]:

@@ -10,7 +10,8 @@ import h5py
 import numpy as np
 import pytest
 
-from raypipe.datasets.frames import FrameReadError, frame_indices, iter_frames
+from raypipe.datasets.frames import (FrameReadError, FrameSamplingError, check_sampling, container_truncated,
+                                     frame_indices, iter_frames)
 from tests.fixtures.layouts import frame_value, pattern_frame, write_hdf5, write_image, write_video
 
 # -- frame_indices -----------------------------------------------------------------------------
@@ -42,8 +43,16 @@ def test_indices_are_sorted_unique_and_in_range(n, k):
 
 @pytest.mark.parametrize("kwargs", [{"frames_per_video": 0}, {"every": 0}, {"frames_per_video": 2, "every": 2}])
 def test_bad_arguments(kwargs):
-    with pytest.raises(ValueError):
+    with pytest.raises(FrameSamplingError):
         frame_indices(10, **kwargs)
+    with pytest.raises(FrameSamplingError):
+        check_sampling(**kwargs)
+
+
+def test_effective_sampling():
+    assert check_sampling() == (5, None)
+    assert check_sampling(frames_per_video=3) == (3, None)
+    assert check_sampling(every=2) == (None, 2)
 
 
 # -- videos ------------------------------------------------------------------------------------
@@ -129,6 +138,37 @@ def test_unreadable_video_raises_frame_read_error(tmp_path, payload):
     with pytest.raises(FrameReadError):
         list(iter_frames(tmp_path / "absent.mov", "video"))
     assert issubclass(FrameReadError, ValueError)
+
+
+@pytest.mark.parametrize("suffix", [".avi", ".mov", ".mp4"])
+def test_a_cut_off_video_is_named_truncated(tmp_path, suffix):
+    path = write_video(tmp_path / f"clip{suffix}", seed=1, n_frames=8)
+    assert not container_truncated(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 10])
+    assert container_truncated(path)
+    with pytest.raises(FrameReadError) as error:
+        list(iter_frames(path, "video"))
+    assert error.value.reason == "truncated"
+
+
+@pytest.mark.parametrize("payload, reason", [(b"", "empty"), (b"only text, not a video\n" * 20, "undecodable"),
+                                             (None, "read_error")])
+def test_unreadable_video_reasons(tmp_path, payload, reason):
+    path = tmp_path / "broken.avi"
+    if payload is not None:
+        path.write_bytes(payload)
+    with pytest.raises(FrameReadError) as error:
+        list(iter_frames(path, "video"))
+    assert error.value.reason == reason
+
+
+def test_a_cut_off_hdf5_is_named_truncated(tmp_path):
+    path = write_hdf5(tmp_path / "01_01_01.hdf5", seed=5, n_frames=4)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    with pytest.raises(FrameReadError) as error:
+        list(iter_frames(path, "hdf5"))
+    assert error.value.reason == "truncated"
 
 
 # -- HDF5 ---------------------------------------------------------------------------------------

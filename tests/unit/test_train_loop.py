@@ -107,3 +107,54 @@ def test_bad_settings_fail_before_any_training(small_data, tmp_path, monkeypatch
     config = TrainConfig(data=str(small_data.root), tracking_uri=f"sqlite:///{tmp_path / 'm.db'}", **change)
     with pytest.raises(error):
         run_training(config)
+
+
+# -- early stopping and the per-epoch progress line (plain functions, no Ray) --------------------
+
+
+def epochs_run(dev_losses: list[float], patience: int) -> int:
+    """Drive early_stopping as train_loop_per_worker does; the number of epochs that ran."""
+    from raypipe.train import early_stopping
+
+    best, bad = float("inf"), 0
+    for epoch, loss in enumerate(dev_losses):
+        decision = early_stopping(best, bad, loss, patience)
+        bad = decision.bad_epochs
+        best = loss if decision.improved else best
+        if decision.stop:
+            return epoch + 1
+    return len(dev_losses)
+
+
+@pytest.mark.parametrize("losses, patience, ran", [
+    ([1.0, 0.9, 0.95, 0.95, 0.96, 0.5], 2, 4),  # two epochs without a better loss after 0.9
+    ([1.0, 1.0, 1.0, 1.0], 1, 2),  # a flat loss: the second epoch is already one bad epoch
+    ([1.0, 0.9, 0.8, 0.7], 1, 4),  # always improving: never stops
+    ([1.0, 1.1, 0.9, 1.0, 0.8], 2, 5),  # an improvement resets the count
+    ([1.0, 1.0 - 1e-9, 1.0], 2, 3),  # gains below min_delta are no improvement
+    ([float("nan"), float("nan")], 2, 2),  # NaN never improves
+])
+def test_early_stopping_stops_when_patience_is_reached(losses, patience, ran):
+    assert epochs_run(losses, patience) == ran
+
+
+def test_progress_line_has_losses_hter_throughput_and_eta():
+    from raypipe.train import format_progress
+
+    metrics = {"epoch": 2, "train_loss": 0.41234, "dev_loss": 0.39811, "dev_hter": 0.125,
+               "train_samples_per_second": 1234.56}
+    assert format_progress(metrics, 100, 3.2) == (
+        "epoch 3/100  train_loss 0.4123  dev_loss 0.3981  dev_hter 0.1250  1234.6 samples/s  ETA <=5m10s")
+    without_hter = {k: v for k, v in metrics.items() if k != "dev_hter"}  # dev lacked a class: not reported
+    assert "dev_hter n/a" in format_progress(without_hter, 3, None)
+    assert format_progress(without_hter, 3, None).endswith("ETA ?")
+    assert format_progress({**metrics, "epoch": 99}, 100, 3.2).endswith("ETA <=0s")
+    assert format_progress(metrics, 2000, 10.0).endswith("ETA <=5h32m")  # 1997 x 10 s
+
+
+def test_progress_sums_throughput_over_workers_and_keeps_rank_zero_losses():
+    from raypipe.train import merge_worker_metrics
+
+    merged = merge_worker_metrics([{"epoch": 1, "train_loss": 0.5, "train_samples_per_second": 100.0},
+                                   {"epoch": 1, "train_loss": 0.7, "train_samples_per_second": 90.0}])
+    assert merged == {"epoch": 1, "train_loss": 0.5, "train_samples_per_second": 190.0}
