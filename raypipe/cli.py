@@ -52,6 +52,7 @@ def add_fields(parser: argparse.ArgumentParser, config: type, names: Sequence[st
     (``face.expand``) so nested configs are rebuilt by :func:`from_args`."""
     fields = {f.name: f for f in dataclasses.fields(config)}
     hints = typing.get_type_hints(config)
+    groups: dict[str, Any] = {}  # metadata "exclusive" -> argparse's mutually exclusive group
     for name in names:
         f, kind = fields[name], hints[name]
         args = typing.get_args(kind)
@@ -71,7 +72,11 @@ def add_fields(parser: argparse.ArgumentParser, config: type, names: Sequence[st
             options.update(type=base, default=default, required=not has_default)
             if "choices" not in options:
                 options["metavar"] = name.upper()
-        parser.add_argument(_flag(f), **options)
+        target = parser
+        if "exclusive" in f.metadata:
+            key = f.metadata["exclusive"]
+            target = groups[key] = groups.get(key) or parser.add_mutually_exclusive_group()
+        target.add_argument(_flag(f), **options)
 
 
 def from_args(config: type, args: argparse.Namespace, prefix: str = "", **values: Any) -> Any:
@@ -170,7 +175,7 @@ def cmd_demo_data(args: argparse.Namespace) -> dict:
 TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "use_gpu", "loss", "pretrained",
                 "freeze_norm",
                 "datasets", "dev_by", "dev_fraction", "threshold_rule", "cross_data", "experiment", "run_name",
-                "register", "promote", "storage_path", "seed", "tracking_uri"]
+                "register", "promote", "force", "storage_path", "seed", "tracking_uri"]
 
 
 AUGMENT_FIELDS = ["enabled", "affine", "horizontal_flip_p", "brightness", "gamma", "blur_p", "jpeg_p"]
@@ -237,12 +242,27 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
     return evaluate_model(from_args(EvaluateConfig, args))
 
 
+def add_export(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import ExportConfig
+
+    p = sub.add_parser("export", help="write a registered model as ONNX (model.onnx + model.json) to deploy elsewhere")
+    add_fields(p, ExportConfig, [f.name for f in dataclasses.fields(ExportConfig)])
+
+
+@command("export")
+def cmd_export(args: argparse.Namespace) -> dict:
+    from raypipe.config import ExportConfig
+    from raypipe.export import export_registered
+
+    return export_registered(from_args(ExportConfig, args))
+
+
 def add_cross_dataset(sub: argparse._SubParsersAction) -> None:
     from raypipe.config import CrossDatasetConfig
 
     p = sub.add_parser("cross-dataset", help="train on each dataset (and all fused), test on every dataset")
     add_fields(p, CrossDatasetConfig, ["data", "datasets", "out", "experiment", "fused"])
-    add_train_fields(p, [n for n in TRAIN_FIELDS if n not in ("datasets", "experiment", "register", "promote")])
+    add_train_fields(p, [n for n in TRAIN_FIELDS if n not in ("datasets", "experiment", "register", "promote", "force")])
     add_address(p)
 
 
@@ -331,7 +351,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
 
 
 PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_register_pretrained, add_evaluate,
-           add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
+           add_export, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

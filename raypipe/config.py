@@ -18,12 +18,18 @@ from typing import Any
 from raypipe.face import FaceConfig
 
 DEV_RULES = ("auto", "session", "subject", "fraction")  # see raypipe.crops.plan_splits
+VIDEO_SCORE_RULES = ("mean", "median", "max")  # see raypipe.metrics.video_scores (not imported: it needs numpy)
 
 
 def setting(default: Any = None, help: str = "", *, flag: str | None = None, factory: Any = None,
-            choices: tuple | None = None) -> Any:
-    """A dataclass field with its CLI help (and, when they apply, its flag name and choices)."""
-    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {})}
+            choices: tuple | None = None, exclusive: str | None = None) -> Any:
+    """A dataclass field with its CLI help (and, when they apply, its flag name and choices).
+
+    Fields sharing an ``exclusive`` group name become mutually exclusive flags (argparse
+    refuses both, exit 2); the dataclass must check the same in ``__post_init__``.
+    """
+    metadata = {"help": help, **({"flag": flag} if flag else {}), **({"choices": choices} if choices else {}),
+                **({"exclusive": exclusive} if exclusive else {})}
     if factory is not None:
         return field(default_factory=factory, metadata=metadata)
     return field(default=default, metadata=metadata)
@@ -39,14 +45,22 @@ class PreprocessConfig:
     root: str = required("dataset root in its native layout")
     out: str = required("output directory (local, NFS, or s3://...)")
     split: str = setting("all", "which split of the dataset", choices=("train", "dev", "test", "all"))
-    frames_per_video: int | None = setting(5, "N evenly spaced frames per video")
-    every: int | None = setting(None, "every k-th frame instead of N evenly spaced")
+    # None for both means 5 evenly spaced frames (raypipe.datasets.frames.check_sampling); a default
+    # of 5 here would make every --every run carry both settings.
+    frames_per_video: int | None = setting(None, "N evenly spaced frames per video (default: 5 unless --every)",
+                                           exclusive="frame sampling")
+    every: int | None = setting(None, "every k-th frame instead of N evenly spaced", exclusive="frame sampling")
     limit: int | None = setting(None, "a deterministic pseudo-random subset of N inputs")
     face: FaceConfig = setting(factory=FaceConfig)
     workers: int | None = setting(None, "face-cropper actors (default: the cluster's CPUs)")
     cpus_per_worker: float = 0.75  # fractional so writers still get CPU on a 2-core laptop
     batch_size: int = 64  # measured: 64 beats 16 by ~8% (fewer tasks, less per-batch Arrow overhead)
     adapter_options: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from raypipe.datasets.frames import check_sampling  # lazy: this module stays stdlib + face.py
+
+        check_sampling(self.frames_per_video, self.every)  # FrameSamplingError before any Ray work
 
 
 @dataclass
@@ -114,7 +128,9 @@ class TrainConfig:
     experiment: str = setting("raypipe", "MLflow experiment")
     run_name: str | None = setting(None, "MLflow run name")
     register: str | None = setting(None, "registered model name")
-    promote: bool = setting(False, "move the 'champion' alias to the new version")
+    promote: bool = setting(False, "move the 'champion' alias to the new version if its dev HTER is no worse "
+                                   "than the champion's (same dev rule)")
+    force: bool = setting(False, "with --promote: promote even when the gate refuses (worse or incomparable dev HTER)")
     storage_path: str | None = setting(None, "Ray Train checkpoints: local, NFS, s3://, gs:// (default: data/ray_results)")
     max_failures: int = 2
     tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
@@ -131,7 +147,9 @@ class RegisterPretrainedConfig:
     model: str = setting("minifasnet_ensemble", "minifasnet_v2, minifasnet_v1se or minifasnet_ensemble")
     pretrained: str = setting("silentface", "the published weights to load")
     register: str = setting("minifasnet", "registered model name")
-    promote: bool = setting(False, "move the 'champion' alias to the new version")
+    promote: bool = setting(False, "move the 'champion' alias to the new version if its dev HTER is no worse "
+                                   "than the champion's (same dev rule)")
+    force: bool = setting(False, "with --promote: promote even when the gate refuses (worse or incomparable dev HTER)")
     calibration_data: str | None = setting(None, "a preprocess output whose dev split chooses the threshold "
                                                  "(default: the published decision point 0.5)")
     datasets: list[str] | None = setting(None, "comma-separated datasets of the calibration data")
@@ -144,6 +162,18 @@ class RegisterPretrainedConfig:
 
 
 @dataclass
+class ExportConfig:
+    """A registered model as a portable ONNX file (``model.onnx`` + ``model.json``)."""
+
+    model_uri: str = required("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a run id",
+                              flag="--model")
+    out: str = required("directory to write model.onnx and model.json to")
+    data: str | None = setting(None, "a preprocess output whose crops re-check the export against PyTorch "
+                                     "(only for models registered before raypipe exported ONNX)")
+    tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
+
+
+@dataclass
 class EvaluateConfig:
     model_uri: str = required("models:/NAME@ALIAS, models:/NAME/VERSION, runs:/ID/model or a run id", flag="--model")
     data: str = required("preprocess output directory")
@@ -151,6 +181,8 @@ class EvaluateConfig:
     datasets: list[str] | None = setting(None, "comma-separated datasets of the data directory")
     threshold: str | None = setting(None, "the model's stored threshold unless given: a number, or a rule "
                                           "(eer, apcer:<target>) re-chosen on the data's dev split")
+    video_score: str = setting("mean", "a video's score from its frames' spoof probabilities, for the "
+                                       "video-level metrics of video datasets", choices=VIDEO_SCORE_RULES)
     experiment: str = setting("raypipe-eval", "MLflow experiment")
     log_to_mlflow: bool = setting(True, "log an evaluation run", flag="--mlflow")
     batch_size: int = setting(256, "scoring batch size")

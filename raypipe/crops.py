@@ -68,9 +68,11 @@ def with_optional_columns(schema: pa.Schema) -> pa.Schema:
     return pa.schema([*schema, *missing]) if missing else schema
 
 
-def read_index(data: str | Path, datasets: list[str] | None = None) -> pa.Table:
-    """Every crop row's metadata, without the crop bytes (cheap)."""
-    table = _dataset(data).to_table(columns=INDEX_COLUMNS)
+def read_index(data: str | Path, datasets: list[str] | None = None,
+               columns: list[str] | None = None) -> pa.Table:
+    """Every crop row's metadata, without the crop bytes (cheap): :data:`INDEX_COLUMNS`, or
+    ``columns`` (evaluation adds ``rel_path`` and ``frame_index``, a frame's video)."""
+    table = _dataset(data).to_table(columns=columns or INDEX_COLUMNS)
     if datasets:
         table = table.filter(pa.compute.is_in(table["dataset"], pa.array(datasets)))
     if table.num_rows == 0:
@@ -348,6 +350,21 @@ def load_role(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,
         return {"image": np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8),
                 "label": np.zeros(0, np.int64), "attack_type": np.array([], object), "sample_id": np.array([], object)}
     return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+
+
+def sample_inputs(data: str | Path, spec: ModelSpec, datasets: list[str] | None = None,
+                  count: int = 32) -> np.ndarray:
+    """Up to ``count`` real model inputs from ``data`` (the first rows of its first split):
+    what an ONNX export is checked on against PyTorch."""
+    splits = sorted(set(read_index(data, datasets)["split"].to_pylist()))
+    images: list[np.ndarray] = []
+    for batch in iter_local_batches(data, splits[0], SplitPlan(), spec, datasets, batch_size=count) if splits else ():
+        images.append(batch["image"])
+        if sum(len(i) for i in images) >= count:
+            break
+    if not images:
+        return np.zeros((0, spec.input_size, spec.input_size, 3), np.uint8)
+    return np.concatenate(images)[:count]
 
 
 def face_settings(data: str | Path, datasets: list[str] | None = None) -> dict | None:

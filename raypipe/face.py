@@ -401,6 +401,26 @@ def box_in_crop(box: Sequence[int], crop_box: Sequence[int], crop_size: int) -> 
     return ((box[0] - x0) * f, (box[1] - y0) * f, box[2] * f, box[3] * f)
 
 
+def cut_face_regions(crops: np.ndarray, boxes_in_crop: np.ndarray, size: int, scale: float,
+                     shape: str = "square") -> np.ndarray:
+    """Stored context crops -> each face's region (box enlarged ``scale`` times, ``shape``),
+    uint8 B x size x size x 3: the same rule that cut the stored crop, applied inside it.
+
+    Numpy and OpenCV only, so a serving replica running an ONNX model needs no torch;
+    :func:`raypipe.models.model_inputs` is this function with a model's crop spec.
+    """
+    crops = np.asarray(crops, dtype=np.uint8)
+    boxes = np.asarray(boxes_in_crop, dtype=np.float64).reshape(-1, 4)
+    if crops.ndim != 4 or crops.shape[-1] != 3 or len(crops) != len(boxes):
+        raise ValueError(f"expected B x H x W x 3 crops with one box each, got {crops.shape} and {boxes.shape}")
+    out = np.empty((len(crops), size, size, 3), np.uint8)
+    for i, (crop, box) in enumerate(zip(crops, boxes)):
+        height, width = crop.shape[:2]
+        x0, y0, w, h = expanded_region(box, width, height, scale, shape)
+        out[i] = cut_region(crop, x0, y0, w, h, size)
+    return out
+
+
 # --------------------------------------------------------------------------------------
 # The pipeline
 

@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 import tempfile
 import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, NamedTuple
 
 import numpy as np
 import torch
@@ -123,6 +124,20 @@ def dev_hter(result: dict[str, Any]) -> float | None:
     return metrics.far_frr_hter(labels, scores, threshold)["hter"]
 
 
+class EarlyStop(NamedTuple):
+    improved: bool  # better than the best dev loss so far (by more than min_delta)
+    bad_epochs: int  # epochs in a row without such an improvement
+    stop: bool  # patience reached: end training after this epoch
+
+
+def early_stopping(best_loss: float, bad_epochs: int, dev_loss: float, patience: int,
+                   min_delta: float = 1e-6) -> EarlyStop:
+    """The early-stopping decision after one epoch's dev loss (a NaN loss never improves)."""
+    improved = dev_loss < best_loss - min_delta
+    bad = 0 if improved else bad_epochs + 1
+    return EarlyStop(improved, bad, bad >= patience)
+
+
 def build_model_and_loss(config: TrainConfig) -> tuple[nn.Module, nn.Module]:
     head = head_for_loss(config.loss)
     model = create_model(config.model, head=head, scale=config.cosine_scale, pretrained=config.pretrained)
@@ -215,9 +230,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
                                        freeze_norm=config.resolved_freeze_norm())
         dev_result = evaluate(model, dev_batches, loss_fn, eval_transform, device)
         dev_loss = _broadcast(dev_result["loss"])
-        improved = dev_loss < state["best_loss"] - 1e-6
-        state["bad_epochs"] = 0 if improved else state["bad_epochs"] + 1
-        if improved:
+        decision = early_stopping(state["best_loss"], state["bad_epochs"], dev_loss, config.patience)
+        state["bad_epochs"] = decision.bad_epochs
+        if decision.improved:
             state["best_loss"] = dev_loss
             state["best"] = {"epoch": epoch, "model": {k: v.detach().cpu().clone() for k, v in unwrap_model(model).state_dict().items()},
                              "labels": dev_result["labels"], "scores": dev_result["scores"],
@@ -236,8 +251,102 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report({k: v for k, v in epoch_metrics.items() if v is not None}, checkpoint=checkpoint)
         if tracker:
             tracker.log_epoch(epoch, {k: v for k, v in epoch_metrics.items() if k != "epoch"})
-        if state["bad_epochs"] >= config.patience:
+        if decision.stop:
             break
+
+
+# --------------------------------------------------------------------------------------
+# Progress: one line per epoch on the driver's stderr. Workers' own output does not reach
+# the terminal (init_ray runs with log_to_driver=False), so the Train controller hands each
+# epoch's metrics to the driver through a small queue actor, and a driver thread prints them.
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(max(seconds, 0.0)))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+def format_progress(metrics: dict[str, Any], epochs: int, seconds_per_epoch: float | None) -> str:
+    """The line ``raypipe train`` prints after each epoch; the ETA assumes every remaining
+    epoch runs (early stopping may end sooner, hence "<=")."""
+    epoch = int(metrics["epoch"]) + 1
+    hter = metrics.get("dev_hter")
+    eta = "?" if seconds_per_epoch is None else "<=" + _duration(seconds_per_epoch * max(epochs - epoch, 0))
+    return (f"epoch {epoch}/{epochs}  train_loss {metrics['train_loss']:.4f}  dev_loss {metrics['dev_loss']:.4f}  "
+            f"dev_hter {'n/a' if hter is None else format(hter, '.4f')}  "
+            f"{metrics.get('train_samples_per_second', 0.0):.1f} samples/s  ETA {eta}")
+
+
+def merge_worker_metrics(per_worker: list[dict[str, Any]]) -> dict[str, Any]:
+    """Rank 0's epoch metrics with the throughput of all workers (each reports its own shard's)."""
+    merged = dict(per_worker[0])
+    merged["train_samples_per_second"] = sum(m.get("train_samples_per_second", 0.0) for m in per_worker)
+    return merged
+
+
+class EpochProgress:
+    """Prints :func:`format_progress` lines on stderr while ``trainer.fit()`` runs (``with``)."""
+
+    def __init__(self, epochs: int) -> None:
+        import ray
+        from ray.util.queue import Queue
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        # no CPU (a 0-CPU head still holds it), beside the driver, gone with it
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=True)
+        self.queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
+        self.epochs, self.epoch_seconds = epochs, []
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._print_until_done, name="train-progress", daemon=True)
+
+    def callback(self) -> Any:
+        """The Ray Train callback (runs in the controller) that feeds this printer."""
+        from ray.train import UserCallback
+
+        queue = self.queue
+
+        class ForwardEpochMetrics(UserCallback):
+            def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+                try:
+                    queue.put_nowait(merge_worker_metrics(metrics))
+                except Exception as exc:  # noqa: BLE001 - progress must never fail a training run
+                    log.debug("progress not forwarded: %s", exc)
+
+        return ForwardEpochMetrics()
+
+    def __enter__(self) -> EpochProgress:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self._done.set()
+        self._thread.join(timeout=10)
+        try:
+            while not self.queue.empty():  # epochs reported just before fit() returned
+                self._print(self.queue.get_nowait())
+            self.queue.shutdown()
+        except Exception as exc:  # noqa: BLE001 - never hide the training result behind a progress error
+            log.debug("progress queue: %s", exc)
+
+    def _print_until_done(self) -> None:
+        from ray.util.queue import Empty
+
+        while not self._done.is_set():
+            try:
+                self._print(self.queue.get(timeout=1.0))
+            except Empty:
+                continue
+            except Exception as exc:  # noqa: BLE001 - the queue actor is gone: stop printing, keep training
+                log.debug("progress stopped: %s", exc)
+                return
+
+    def _print(self, metrics: dict[str, Any]) -> None:
+        if "epoch_seconds" in metrics:
+            self.epoch_seconds.append(float(metrics["epoch_seconds"]))
+        mean = sum(self.epoch_seconds) / len(self.epoch_seconds) if self.epoch_seconds else None
+        print(f"raypipe train: {format_progress(metrics, self.epochs, mean)}", file=sys.stderr, flush=True)
 
 
 # --------------------------------------------------------------------------------------
@@ -268,7 +377,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
 
     from raypipe import crops
     from raypipe.models.store import configure_tracking, ensure_experiment
-    from raypipe.runtime import cluster_has_gpus, init_ray
+    from raypipe.runtime import check_tracking_reachable, cluster_has_gpus, init_ray
 
     started = time.perf_counter()
     tracking_uri = configure_tracking(config.tracking_uri)
@@ -284,6 +393,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
     _check_roles(counts)
     init_ray(address)
     use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
+    check_tracking_reachable(tracking_uri, use_gpu)  # rank 0 logs there from wherever it runs
     spec = get_spec(config.model)
     # Rows are stored in the adapter's order (NUAA: every live image, then every attack), and a
     # local shuffle buffer cannot mix that: one seeded global shuffle before materialising does.
@@ -295,6 +405,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
         mlflow.log_params(_params(config, counts, index))
         mlflow.log_dict({"split_plan": plan.to_dict(), "dev": plan.describe(), "rows": counts}, "data_manifest.json")
         mlflow.set_tag("raypipe.dev_rule", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items())[:5000])
+        progress = EpochProgress(config.epochs)
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": config, "run_id": run.info.run_id, "tracking_uri": tracking_uri},
@@ -302,11 +413,13 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
             run_config=RunConfig(name=f"{config.experiment}-{run.info.run_id[:12]}",
                                  storage_path=config.storage_path or _default_storage(),
                                  failure_config=FailureConfig(max_failures=config.max_failures),
-                                 checkpoint_config=CheckpointConfig(num_to_keep=2)),
+                                 checkpoint_config=CheckpointConfig(num_to_keep=2),
+                                 callbacks=[progress.callback()]),
             datasets=datasets,
             dataset_config=DataConfig(datasets_to_split=["train"]),  # every rank scores all of dev
         )
-        result = _fit_keeping_sigint_handler(trainer)
+        with progress:
+            result = _fit_keeping_sigint_handler(trainer)
         state = _load_final_state(result.checkpoint)
         summary = _finish_run(config, state, run.info.run_id, use_gpu, face)
         summary["dev_rule"] = plan.describe()
@@ -357,6 +470,7 @@ def _finish_run(config: TrainConfig, state: dict[str, Any], run_id: str, used_gp
     crop settings of its data, so serving cuts the same crops)."""
     import mlflow
 
+    from raypipe import crops
     from raypipe.models.store import face_tag, log_and_register
 
     best = state["best"]
@@ -374,12 +488,16 @@ def _finish_run(config: TrainConfig, state: dict[str, Any], run_id: str, used_gp
         mlflow.log_metrics({f"cross_{k}": v for k, v in cross.items() if isinstance(v, float)})
         mlflow.log_dict(cross, "metrics/cross_metrics.json")
     pipeline_version = mlflow.get_run(run_id).data.params.get("pipeline_version", "")
-    model_uri, version = log_and_register(
-        model, threshold=threshold, register_as=config.register, promote=config.promote,
+    dev_rule = mlflow.get_run(run_id).data.tags.get("raypipe.dev_rule", "")
+    registered = log_and_register(
+        model, threshold=threshold, register_as=config.register, promote=config.promote, force=config.force,
+        dev_hter=dev["hter"], dev_rule=f"{dev_rule} | threshold {config.threshold_rule}",
+        check_inputs=crops.sample_inputs(config.data, unwrap_model(model).spec, config.datasets),
         extra_tags={"pipeline_version": pipeline_version, "threshold_rule": config.threshold_rule,
                     "train_run_id": run_id, **(face_tag(face) if face else {})})
-    return {"run_id": run_id, "model_uri": model_uri, "version": version, "threshold": threshold,
-            "dev": dev, "cross": cross, "epochs_run": len(state["history"]), "best_epoch": best["epoch"],
+    return {"run_id": run_id, "model_uri": registered.model_uri, "version": registered.version,
+            "threshold": threshold, "promoted": registered.promoted, "promotion": registered.promotion,
+            "onnx": registered.onnx, "dev": dev, "cross": cross, "epochs_run": len(state["history"]), "best_epoch": best["epoch"],
             "restarts": state.get("restarts", 0), "model": config.model}
 
 

@@ -59,11 +59,18 @@ def register_pretrained(config: RegisterPretrainedConfig) -> dict[str, Any]:
             mlflow.log_metrics({f"dev_{k}": v for k, v in dev.items() if isinstance(v, (int, float))})
             mlflow.log_dict(dev, "metrics/dev_metrics.json")
         mlflow.log_dict(efficiency_report(model), "efficiency.json")
-        model_uri, version = log_and_register(
-            model, threshold=threshold, register_as=config.register, promote=config.promote,
+        check = crops.sample_inputs(config.calibration_data, model.spec, config.datasets) \
+            if config.calibration_data else None
+        registered = log_and_register(
+            model, threshold=threshold, register_as=config.register, promote=config.promote, force=config.force,
+            dev_hter=dev["hter"] if dev else None, dev_rule=f"{dev_rule} | threshold {config.threshold_rule}",
+            check_inputs=check,
             extra_tags={"pipeline_version": FaceConfig(**face).version(), "threshold_rule": rule,
                         "pretrained_source": model.pretrained_source, **face_tag(face)})
-    log.info("registered %s (%s) with threshold %.4f (%s)", model_uri, model.pretrained_source, threshold, rule)
-    return {"run_id": run.info.run_id, "model_uri": model_uri, "version": version, "model": config.model,
-            "pretrained_source": model.pretrained_source, "threshold": threshold, "threshold_rule": rule,
-            "dev": dev, "dev_rule": dev_rule, "seconds": round(time.perf_counter() - started, 2)}
+    log.info("registered %s (%s) with threshold %.4f (%s)", registered.model_uri, model.pretrained_source,
+             threshold, rule)
+    return {"run_id": run.info.run_id, "model_uri": registered.model_uri, "version": registered.version,
+            "model": config.model, "pretrained_source": model.pretrained_source, "threshold": threshold,
+            "threshold_rule": rule, "dev": dev, "dev_rule": dev_rule, "promoted": registered.promoted,
+            "promotion": registered.promotion, "onnx": registered.onnx,
+            "seconds": round(time.perf_counter() - started, 2)}

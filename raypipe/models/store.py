@@ -17,8 +17,10 @@ import json
 import logging
 import os
 import re
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,6 +32,9 @@ log = logging.getLogger(__name__)
 
 CHAMPION = "champion"
 ARTIFACT_NAME = "model"
+ONNX_ARTIFACT = "onnx"  # run artifact folder: model.onnx + model.json (raypipe.models.export)
+# Tags copied into the ONNX sidecar, so a runtime without MLflow knows what it serves.
+ONNX_SIDECAR_TAGS = ("architecture", "pipeline_version", "face_config", "threshold_rule", "dev_rule")
 TRACKING_ENV = "MLFLOW_TRACKING_URI"
 
 
@@ -79,23 +84,49 @@ class LoadedModel:
     tags: dict[str, str]
 
 
-def log_and_register(model: nn.Module, *, threshold: float, register_as: str | None,
-                     promote: bool = False, extra_tags: dict[str, str] | None = None) -> tuple[str, str | None]:
-    """Log ``model`` to the active run (signature + input example) and register it.
+@dataclass
+class Registration:
+    """What :func:`log_and_register` did: the model's URI, its version, the ONNX check, the gate."""
 
-    Returns ``(model_uri, version)``; ``version`` is None when ``register_as`` is None.
+    model_uri: str
+    version: str | None
+    onnx: dict[str, Any]
+    promoted: bool = False
+    promotion: str = "not asked (--promote not given)"
+
+
+def log_and_register(model: nn.Module, *, threshold: float, register_as: str | None, promote: bool = False,
+                     force: bool = False, dev_hter: float | None = None, dev_rule: str | None = None,
+                     check_inputs: np.ndarray | None = None,
+                     extra_tags: dict[str, str] | None = None) -> Registration:
+    """Log ``model`` (PyTorch, signature + input example, and its ONNX export) to the active
+    run and register it; with ``promote``, move ``champion`` when :func:`promotion_decision` allows.
+
+    ``check_inputs``: uint8 model inputs (real crops) the ONNX export is checked on; a
+    mismatch raises :class:`raypipe.models.export.ExportMismatch` before anything is registered.
     """
     import mlflow
     from mlflow.models import infer_signature
 
+    from raypipe.models.export import export_onnx
+
     model = unwrap_model(model).to("cpu").eval()
     spec: ModelSpec = model.spec
-    example = np.zeros((1, 3, spec.input_size, spec.input_size), dtype=np.float32)
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
     tags = {"threshold": repr(float(threshold)), "architecture": spec.name,
             "head": type(model.head).__name__, "input_crop": json.dumps(asdict(spec.crop)),
             "input_size": str(spec.input_size), **(extra_tags or {})}
+    if dev_hter is not None:
+        tags.update(dev_hter=repr(float(dev_hter)), dev_rule=dev_rule or "")
+    with tempfile.TemporaryDirectory() as directory:  # export + check first: a mismatch registers nothing
+        exported = export_onnx(model, directory, check_inputs,
+                               metadata={"threshold": float(threshold), **{k: tags[k] for k in ONNX_SIDECAR_TAGS
+                                                                           if k in tags}})
+        mlflow.log_artifacts(directory, ONNX_ARTIFACT)
+    tags.update(onnx_sha256=exported.sha256, onnx_max_abs_diff=f"{exported.max_abs_diff:.3e}",
+                onnx_checked_on=f"{exported.checked_on} {exported.check_inputs}")
+    example = np.zeros((1, 3, spec.input_size, spec.input_size), dtype=np.float32)
+    with torch.no_grad():
+        output = model(torch.from_numpy(example)).numpy()
     # "pickle", not MLflow 3's default "pt2": torch.export pins the batch dimension to the
     # example's and loads back an ExportedProgram; serving needs dynamic batches and the
     # nn.Module (Grad-CAM hooks, .spec). Explicit requirements skip slow inference.
@@ -105,13 +136,49 @@ def log_and_register(model: nn.Module, *, threshold: float, register_as: str | N
         pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", "raypipe"])
     run_id = mlflow.active_run().info.run_id
     mlflow.set_tags({f"model.{k}": v for k, v in tags.items()})
+    onnx_report = {"sha256": exported.sha256, "max_abs_diff": exported.max_abs_diff,
+                   "checked_on": exported.checked_on, "check_inputs": exported.check_inputs}
+    mlflow.log_dict(onnx_report, "metrics/onnx_check.json")
     if not register_as:
-        return f"runs:/{run_id}/{ARTIFACT_NAME}", None  # loadable by load_model, unlike models:/m-<id>
-    version = mlflow.register_model(info.model_uri, register_as, tags=tags).version
+        return Registration(f"runs:/{run_id}/{ARTIFACT_NAME}", None, onnx_report)  # runs:/ loads; models:/m-<id> not
+    client = mlflow.MlflowClient()
+    version = str(mlflow.register_model(info.model_uri, register_as, tags=tags).version)
+    registration = Registration(f"models:/{register_as}/{version}", version, onnx_report)
     if promote:
-        mlflow.MlflowClient().set_registered_model_alias(register_as, CHAMPION, version)
+        allowed, reason = promotion_decision(client, register_as, version, dev_hter, dev_rule, force)
+        if allowed:
+            client.set_registered_model_alias(register_as, CHAMPION, version)
+        registration.promoted, registration.promotion = allowed, reason
+        log.info("promotion of %s version %s: %s", register_as, version, reason)
     log.info("registered %s version %s (run %s)", register_as, version, run_id)
-    return f"models:/{register_as}/{version}", str(version)
+    return registration
+
+
+def promotion_decision(client, name: str, version: str, dev_hter: float | None, dev_rule: str | None,
+                       force: bool = False) -> tuple[bool, str]:
+    """(promote?, why): the new version takes ``champion`` only if its dev HTER is no worse
+    than the champion's, measured with the same dev rule; ``force`` overrides a refusal."""
+    try:
+        champion = client.get_model_version_by_alias(name, CHAMPION)
+    except Exception:  # noqa: BLE001 - MlflowException RESOURCE_DOES_NOT_EXIST: no champion yet
+        return True, "promoted: no champion yet"
+    if str(champion.version) == str(version):
+        return True, "promoted: already the champion"
+    old_hter, old_rule = champion.tags.get("dev_hter"), champion.tags.get("dev_rule")
+    if old_hter is None:
+        return True, f"promoted: champion version {champion.version} records no dev HTER to compare with"
+    if dev_hter is None:
+        refusal = f"the new version has no dev HTER to compare with champion version {champion.version}'s"
+    elif (dev_rule or "") != old_rule:
+        refusal = (f"dev rules differ (new: {dev_rule!r}, champion version {champion.version}: {old_rule!r}): "
+                   "the HTERs are not comparable")
+    elif dev_hter <= float(old_hter):
+        return True, f"promoted: dev HTER {dev_hter:.4f} <= champion version {champion.version}'s {float(old_hter):.4f}"
+    else:
+        refusal = f"dev HTER {dev_hter:.4f} > champion version {champion.version}'s {float(old_hter):.4f}"
+    if force:
+        return True, f"promoted by --force although {refusal}"
+    return False, f"not promoted: {refusal} (--force promotes anyway)"
 
 
 def _resolve(uri: str) -> tuple[str, str, str | None, str | None, dict[str, str]]:

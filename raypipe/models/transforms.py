@@ -22,7 +22,7 @@ from torch import nn
 from torchvision.transforms import v2
 
 from raypipe.config import AugmentConfig
-from raypipe.face import cut_region, expanded_region
+from raypipe.face import cut_face_regions
 from raypipe.models.base import ModelSpec
 
 
@@ -109,13 +109,4 @@ def model_inputs(crops: np.ndarray, boxes_in_crop: np.ndarray, spec: ModelSpec) 
     holds each crop's detector box in crop pixels (:func:`raypipe.face.box_in_crop`); the
     region is that box enlarged by ``spec.crop`` with the same rule that cut the stored crop.
     """
-    crops = np.asarray(crops, dtype=np.uint8)
-    boxes = np.asarray(boxes_in_crop, dtype=np.float64).reshape(-1, 4)
-    if crops.ndim != 4 or crops.shape[-1] != 3 or len(crops) != len(boxes):
-        raise ValueError(f"expected B x H x W x 3 crops with one box each, got {crops.shape} and {boxes.shape}")
-    out = np.empty((len(crops), spec.input_size, spec.input_size, 3), np.uint8)
-    for i, (crop, box) in enumerate(zip(crops, boxes)):
-        height, width = crop.shape[:2]
-        x0, y0, w, h = expanded_region(box, width, height, spec.crop.scale, spec.crop.shape)
-        out[i] = cut_region(crop, x0, y0, w, h, spec.input_size)
-    return out
+    return cut_face_regions(crops, boxes_in_crop, spec.input_size, spec.crop.scale, spec.crop.shape)

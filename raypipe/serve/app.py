@@ -8,19 +8,45 @@ face pipeline is built from the crop settings stored with the served model
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from ray.serve import Application
 
-from raypipe.serve.deployments import CLASSIFIER, DETECTOR, INGRESS, Classifier, FaceDetector, Ingress
+from raypipe.serve.deployments import (
+    CLASSIFIER,
+    DETECTOR,
+    INGRESS,
+    RESOLVER,
+    Classifier,
+    FaceDetector,
+    Ingress,
+    ModelResolver,
+)
+from raypipe.serve.runners import ServedModel, resolve_served_model
 from raypipe.serve.settings import ServeSettings, with_model_face
 
+log = logging.getLogger(__name__)
 
-def classifier_user_config(settings: ServeSettings) -> dict[str, Any]:
+
+def classifier_user_config(settings: ServeSettings, served: ServedModel | None = None) -> dict[str, Any]:
     """The Classifier's ``user_config``: changing it in the YAML is a lightweight update
-    (``reconfigure`` on the running replicas, no restart, no dropped request)."""
-    return {"model_uri": settings.resolved_model_uri(), "max_batch_size": settings.max_batch_size,
-            "batch_wait_timeout_s": settings.batch_wait_timeout_s}
+    (``reconfigure`` on the running replicas, no restart, no dropped request). ``served``:
+    the model reference resolved here, so replicas need no registry look-up to start."""
+    return {"model_uri": settings.resolved_model_uri(), "model": served.to_dict() if served else None,
+            "runtime": settings.runtime, "precision": settings.precision, "model_refresh_s": settings.model_refresh_s,
+            "max_batch_size": settings.max_batch_size, "batch_wait_timeout_s": settings.batch_wait_timeout_s}
+
+
+def resolve_quietly(settings: ServeSettings) -> ServedModel | None:
+    """The served model as the registry names it now; None when it cannot say yet (not
+    registered, registry down): the Classifier then asks the ModelResolver when it starts."""
+    try:
+        return resolve_served_model(settings.resolved_model_uri(), settings.resolved_tracking_uri())
+    except Exception as exc:  # noqa: BLE001 - MlflowException, connection errors: decided at load time
+        log.warning("could not resolve %s now (%s: %s); the Classifier will ask when it starts",
+                    settings.resolved_model_uri(), type(exc).__name__, exc)
+        return None
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
@@ -29,7 +55,7 @@ def build_app(args: dict[str, Any] | None = None) -> Application:
 
 
 def compose(settings: ServeSettings, options: dict[str, dict[str, Any]] | None = None) -> Application:
-    """Ingress -> FaceDetector -> Classifier, composed through deployment handles.
+    """Ingress -> FaceDetector -> Classifier (<- ModelResolver), composed through deployment handles.
 
     ``options`` maps a deployment name to ``Deployment.options(...)`` overrides (tests and
     benchmarks use it for short downscale delays). The FaceDetector is always part of the
@@ -38,8 +64,12 @@ def compose(settings: ServeSettings, options: dict[str, dict[str, Any]] | None =
     options = options or {}
     settings = with_model_face(settings)
     face_config = settings.face_config()
-    classifier = Classifier.options(user_config=classifier_user_config(settings), **options.get(CLASSIFIER, {}))
+    served = resolve_quietly(settings)
+    classifier = Classifier.options(user_config=classifier_user_config(settings, served),
+                                    **options.get(CLASSIFIER, {}))
     detector = FaceDetector.options(**options.get(DETECTOR, {}))
+    resolver = ModelResolver.options(**options.get(RESOLVER, {}))
     ingress = Ingress.options(**options.get(INGRESS, {}))
+    tracking_uri = settings.resolved_tracking_uri()
     return ingress.bind(settings.model_dump(), detector.bind(face_config),
-                        classifier.bind(settings.resolved_tracking_uri(), face_config.version()))
+                        classifier.bind(tracking_uri, face_config.version(), resolver.bind(tracking_uri)))

@@ -117,12 +117,14 @@ class Scores:
 class ModelRunner:
     """A registry model behind :class:`raypipe.predict.Predictor`: crops -> spoof probabilities."""
 
-    def __init__(self, loaded, device: str | None = None) -> None:
+    def __init__(self, loaded, device: str | None = None, precision: str = "auto") -> None:
         from raypipe.predict import Predictor
 
         self.loaded = loaded
-        self.predictor = Predictor(loaded.model, loaded.spec, device or "auto")
-        self.info = {"name": loaded.name, "version": loaded.version, "threshold": loaded.threshold}
+        self.predictor = Predictor(loaded.model, loaded.spec, device or "auto", precision)
+        self.info = {"name": loaded.name, "version": loaded.version, "threshold": loaded.threshold,
+                     "runtime": "torch", "device": self.predictor.device.type,
+                     "precision": str(self.predictor.dtype).removeprefix("torch.") if self.predictor.dtype else "float32"}
 
     def spoof_probabilities(self, crops: np.ndarray, boxes: np.ndarray) -> np.ndarray:
         return self.predictor.score_crops(crops, boxes)
@@ -146,7 +148,7 @@ def serving_face_config(model_face: dict | None, override: dict, guards: dict) -
 
 
 def load_runner(model_uri: str, tracking_uri: str | None, pipeline_version: str,
-                device: str | None = None) -> ModelRunner:
+                device: str | None = None, precision: str = "auto") -> ModelRunner:
     """Load ``model_uri`` from MLflow; refuse a model trained on crops this service does not cut."""
     from raypipe.models.store import FACE_TAG, configure_tracking, load_model
 
@@ -159,4 +161,4 @@ def load_runner(model_uri: str, tracking_uri: str | None, pipeline_version: str,
     if trained_on != pipeline_version:
         log.warning("model %s was trained on face-pipeline version %s but this service crops with %s: "
                     "served crops may differ from training crops", model_uri, trained_on, pipeline_version)
-    return ModelRunner(loaded, device)
+    return ModelRunner(loaded, device, precision)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -19,17 +20,20 @@ from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
 
 from raypipe.face import FaceConfig, FaceError
-from raypipe.serve.core import FaceFailure, Findings, LocalDetector, ModelRunner, Scores, crop_digest, load_runner
+from raypipe.serve.core import FaceFailure, Findings, LocalDetector, Scores, crop_digest
 from raypipe.serve.errors import face_error
 from raypipe.serve.metrics import ClassifierMetrics
-from raypipe.serve.settings import BATCH_DEFAULTS
+from raypipe.serve.runners import ServedModel, load_served, resolve_served_model
+from raypipe.serve.settings import BATCH_DEFAULTS, MODEL_DEFAULTS
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
 
 log = logging.getLogger("ray.serve")
 
-INGRESS, DETECTOR, CLASSIFIER = "Ingress", "FaceDetector", "Classifier"
+INGRESS, DETECTOR, CLASSIFIER, RESOLVER = "Ingress", "FaceDetector", "Classifier", "ModelResolver"
+# Classifier user_config keys applied in place; any other change reloads the model.
+LIGHT_SETTINGS = ("max_batch_size", "batch_wait_timeout_s", "model_refresh_s")
 
 
 def _autoscaling(target: float, initial: int) -> dict[str, Any]:
@@ -59,22 +63,45 @@ class FaceDetector:
         return "ok"
 
 
+@serve.deployment(name=RESOLVER, ray_actor_options={"num_cpus": 0}, max_ongoing_requests=8,
+                  autoscaling_config={**_autoscaling(target=4, initial=0), "max_replicas": 1})
+class ModelResolver:
+    """Answers "which version does this alias name now?" for the Classifier replicas.
+
+    The one deployment that imports MLflow, off the request path: Classifier replicas
+    ask it every ``model_refresh_s`` and switch when the answer changes. With every
+    Classifier at zero nobody asks, and it scales to zero too.
+    """
+
+    def __init__(self, tracking_uri: str | None) -> None:
+        self.tracking_uri = tracking_uri
+
+    def resolve(self, model_uri: str) -> dict:
+        return resolve_served_model(model_uri, self.tracking_uri).to_dict()
+
+
 @serve.deployment(name=CLASSIFIER, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
                   autoscaling_config=_autoscaling(target=16, initial=1))
 class Classifier:
     """The registry model behind ``@serve.batch``; ``reconfigure`` swaps models without a restart.
 
-    ``user_config``: ``{"model_uri": ..., "max_batch_size": ..., "batch_wait_timeout_s": ...}``
-    (defaults: :data:`raypipe.serve.settings.BATCH_DEFAULTS`).
-    Any change besides the batch settings reloads the model, so adding e.g. ``reload: 2``
-    re-resolves an alias that moved while the URI stayed ``models:/name@champion``.
+    ``user_config``: ``{"model_uri", "model" (the reference resolved where the app was built),
+    "runtime" (onnx | torch), "precision", "model_refresh_s", "max_batch_size", "batch_wait_timeout_s"}``
+    (batching defaults: :data:`raypipe.serve.settings.BATCH_DEFAULTS`). With the ONNX
+    runtime the replica imports neither torch nor MLflow. An alias (``models:/m@champion``)
+    is followed: every ``model_refresh_s`` the :class:`ModelResolver` is asked what it names,
+    and a new version is loaded beside the current one and swapped in (no request dropped).
     """
 
-    def __init__(self, tracking_uri: str | None, pipeline_version: str) -> None:
-        self.tracking_uri, self.pipeline_version = tracking_uri, pipeline_version
-        self.runner: ModelRunner | None = None
+    def __init__(self, tracking_uri: str | None, pipeline_version: str,
+                 resolver: DeploymentHandle | None = None) -> None:
+        self.tracking_uri, self.pipeline_version, self.resolver = tracking_uri, pipeline_version, resolver
+        self.runner: Any = None
+        self.served: ServedModel | None = None
         self.model_uri: str | None = None
-        self._model_key: dict | None = None  # the user_config minus the batch settings
+        self.runtime, self.precision, self.refresh_s = MODEL_DEFAULTS["runtime"], MODEL_DEFAULTS["precision"], 0.0
+        self._model_key: dict | None = None  # the user_config minus batching and refresh settings
+        self._follower: asyncio.Task | None = None
         self.load_s: float | None = None
         self.metrics = ClassifierMetrics()
 
@@ -82,18 +109,49 @@ class Classifier:
         self.classify.set_max_batch_size(int(user_config.get("max_batch_size", BATCH_DEFAULTS["max_batch_size"])))
         self.classify.set_batch_wait_timeout_s(
             float(user_config.get("batch_wait_timeout_s", BATCH_DEFAULTS["batch_wait_timeout_s"])))
-        uri = user_config["model_uri"]
-        model_key = {k: v for k, v in user_config.items() if k not in ("max_batch_size", "batch_wait_timeout_s")}
-        if model_key == self._model_key:
-            return
+        self.refresh_s = float(user_config.get("model_refresh_s", MODEL_DEFAULTS["model_refresh_s"]))
+        model_key = {k: v for k, v in user_config.items() if k not in LIGHT_SETTINGS}
+        if model_key != self._model_key:
+            self.model_uri, self.runtime = user_config["model_uri"], user_config.get("runtime", MODEL_DEFAULTS["runtime"])
+            self.precision = user_config.get("precision", MODEL_DEFAULTS["precision"])
+            resolved = user_config.get("model") or await self._ask_resolver()
+            await self._load(ServedModel.from_dict(resolved))
+            self._model_key = model_key
+        self._follow_alias()
+
+    async def _ask_resolver(self) -> dict:
+        if self.resolver is None:  # built without one (tests): resolve here, importing MLflow
+            return await asyncio.to_thread(lambda: resolve_served_model(self.model_uri, self.tracking_uri).to_dict())
+        return await self.resolver.resolve.remote(self.model_uri)
+
+    async def _load(self, served: ServedModel) -> None:
         # Load beside the current model, then swap one reference: a batch in flight keeps the
         # runner it started with, so no request sees half a switch.
         start = time.perf_counter()
-        runner = await asyncio.to_thread(load_runner, uri, self.tracking_uri, self.pipeline_version)
-        self.runner, self.model_uri, self._model_key = runner, uri, model_key
+        runner = await asyncio.to_thread(load_served, served, self.runtime, self.tracking_uri, self.pipeline_version,
+                                         self.precision)
+        self.runner, self.served = runner, served
         self.load_s = round(time.perf_counter() - start, 3)
-        log.info("classifier serving %s version %s (loaded in %.2f s)", runner.info["name"], runner.info["version"],
-                 self.load_s)
+        log.info("classifier serving %s version %s with %s (loaded in %.2f s)", runner.info["name"],
+                 runner.info["version"], runner.info["runtime"], self.load_s)
+
+    def _follow_alias(self) -> None:
+        follows = self.refresh_s > 0 and "@" in (self.model_uri or "")
+        if follows and (self._follower is None or self._follower.done()):
+            self._follower = asyncio.get_running_loop().create_task(self._follow())
+
+    async def _follow(self) -> None:
+        """Check at once (the build-time answer may be stale after a scale-from-zero), then every interval."""
+        while self.refresh_s > 0 and "@" in (self.model_uri or ""):
+            try:
+                served = ServedModel.from_dict(await self._ask_resolver())
+                if self.served is None or (served.name, served.version) != (self.served.name, self.served.version):
+                    log.info("%s now names version %s (serving %s): switching", self.model_uri, served.version,
+                             self.served.version if self.served else None)
+                    await self._load(served)
+            except Exception as exc:  # noqa: BLE001 - registry down, bad new version: keep serving the current one
+                log.warning("could not follow %s: %s: %s", self.model_uri, type(exc).__name__, exc)
+            await asyncio.sleep(self.refresh_s)
 
     @serve.batch(**BATCH_DEFAULTS)
     async def classify(self, requests: list[tuple[np.ndarray, np.ndarray, bool]]) -> list[Scores]:
@@ -117,13 +175,15 @@ class Classifier:
         return answers
 
     @staticmethod
-    def _infer(runner: ModelRunner, crops: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, float]:
+    def _infer(runner: Any, crops: np.ndarray, boxes: np.ndarray) -> tuple[np.ndarray, float]:
         start = time.perf_counter()
         probabilities = runner.spoof_probabilities(crops, boxes)
         return probabilities, (time.perf_counter() - start) * 1000
 
     def ping(self) -> dict:
-        return {**(self.runner.info if self.runner else {}), "uri": self.model_uri, "load_s": self.load_s}
+        # "imports": proof that the lean path stays lean (a replica's sys.modules, read in tests).
+        return {**(self.runner.info if self.runner else {}), "uri": self.model_uri, "load_s": self.load_s,
+                "imports": {module: module in sys.modules for module in ("torch", "mlflow")}}
 
 
 class ServeBackend:

@@ -40,6 +40,9 @@ class ModelInfo(BaseModel):
     name: str = Field(description="registered model name (or the run id of an unregistered model)")
     version: str | None = Field(description="registry version; null for a model that is not registered")
     threshold: float = Field(description="spoof iff spoof_probability >= threshold")
+    runtime: Literal["onnx", "torch"] | SkipJsonSchema[None] = Field(
+        default=None, exclude_if=_absent, description="onnx: the registered ONNX export on ONNX Runtime; "
+                                                      "torch: the PyTorch model")
 
 
 class ClassifierStatus(ModelInfo):
@@ -49,6 +52,9 @@ class ClassifierStatus(ModelInfo):
                                             description="the model URI the Classifier was configured with")
     load_s: float | SkipJsonSchema[None] = Field(default=None, exclude_if=_absent,
                                                  description="seconds the last model load took")
+    imports: dict[str, bool] | SkipJsonSchema[None] = Field(
+        default=None, exclude_if=_absent, description="whether the Classifier replica has imported torch / mlflow "
+                                                      "(false for both on the ONNX runtime: the lean cold start)")
 
 
 class Face(_Closed):

@@ -57,6 +57,15 @@ class ServeSettings(BaseModel):
     # Test and debug hook: each face also reports the SHA-256 of the exact uint8 crop the
     # classifier received (a digest, never the image), to prove served crop == stored crop.
     expose_crop_digest: bool = False
+    # How the Classifier runs the model: "onnx" (ONNX Runtime, the replica imports neither torch
+    # nor MLflow: the cold start docs/serving.md measures) or "torch" (the PyTorch model).
+    runtime: Literal["onnx", "torch"] = "onnx"
+    # runtime torch on a GPU: "auto" = bfloat16 where the GPU supports it, else float16 (T4)
+    # (raypipe.predict.inference_dtype); float32 on CPU. ONNX runs the exported float32 graph.
+    precision: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    # Follow an alias (models:/m@champion): replicas switch to the version it names within this
+    # many seconds of a promotion, without a redeploy; 0 = only on deploy/reconfigure.
+    model_refresh_s: float = Field(default=60.0, ge=0.0)
     # Classifier batching (@serve.batch); 0 s = opportunistic: no added latency when idle.
     max_batch_size: int = 16
     batch_wait_timeout_s: float = 0.0
@@ -111,3 +120,5 @@ def with_model_face(settings: ServeSettings) -> ServeSettings:
 
 # The Classifier's batching defaults, read by its @serve.batch decorator: one source.
 BATCH_DEFAULTS = {name: ServeSettings.model_fields[name].default for name in ("max_batch_size", "batch_wait_timeout_s")}
+# ... and the rest of its user_config, for a YAML user_config that leaves them out.
+MODEL_DEFAULTS = {name: ServeSettings.model_fields[name].default for name in ("runtime", "precision", "model_refresh_s")}

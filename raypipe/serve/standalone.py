@@ -16,7 +16,8 @@ import numpy as np
 from fastapi import FastAPI
 
 from raypipe.serve.api import create_api
-from raypipe.serve.core import Findings, LocalDetector, Scores, crop_digest, load_runner
+from raypipe.serve.core import Findings, LocalDetector, Scores, crop_digest
+from raypipe.serve.runners import load_served, resolve_served_model
 from raypipe.serve.settings import MODEL_URI_ENV, ServeSettings, with_model_face
 
 
@@ -28,8 +29,9 @@ class LocalBackend:
     def __init__(self, settings: ServeSettings) -> None:
         face_config = with_model_face(settings).face_config()
         self.detector = LocalDetector(face_config)
-        self.runner = load_runner(settings.resolved_model_uri(), settings.resolved_tracking_uri(),
-                                  face_config.version())
+        served = resolve_served_model(settings.resolved_model_uri(), settings.resolved_tracking_uri())
+        self.runner = load_served(served, settings.runtime, settings.resolved_tracking_uri(), face_config.version(),
+                                  settings.precision)
 
     async def find_faces(self, data: bytes) -> Findings:
         return await self.detector.find_faces(data)

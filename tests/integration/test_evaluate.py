@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from collections import defaultdict
 
 import mlflow
 import pytest
@@ -18,7 +19,7 @@ from raypipe.models.store import ensure_experiment, load_model, log_and_register
 from raypipe.predict import Predictor
 from tests.fixtures.crops import make_crops_dir
 
-ARTIFACTS = {"metrics.json", "confusion_matrix.png", "roc.png", "det.png", "gradcam.png"}
+ARTIFACTS = {"metrics.json", "report.md", "scores.csv", "confusion_matrix.png", "roc.png", "det.png", "gradcam.png"}
 METRIC_KEYS = {"hter", "far", "frr", "apcer", "bpcer", "acer", "eer", "auc", "n_live", "n_attack", "tp", "fn",
                "fp", "tn", "accuracy", "f1_live", "f1_attack", "bpcer_at_apcer_1", "bpcer_at_apcer_5",
                "bpcer_at_apcer_10", "apcer_per_type", "eer_threshold", "threshold"}
@@ -48,9 +49,9 @@ def log_fresh_model(register_as: str | None, seed: int = 0, promote: bool = Fals
     """A freshly initialised AttackNet logged (and registered) the way training does."""
     torch.manual_seed(seed)
     with mlflow.start_run(experiment_id=ensure_experiment("test-models")) as run:
-        uri, version = log_and_register(create_model("attacknet"), threshold=0.5, register_as=register_as,
-                                        promote=promote)
-    return uri, version, run.info.run_id
+        registered = log_and_register(create_model("attacknet"), threshold=0.5, register_as=register_as,
+                                      promote=promote)
+    return registered.model_uri, registered.version, run.info.run_id
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +91,13 @@ def test_metrics_agree_with_compute_all_on_the_scores(registered, data):
     scored = Predictor(loaded.model, loaded.spec, "cpu").score_batches([role])
     labels, scores, types = scored.labels, scored.scores, scored.attack_types
     assert labels.size == data.n("alpha", "test")
-    expected = metrics.compute_all(labels, scores, 0.5, types)
-    per_type = expected.pop("apcer_per_type")
+    expected = metrics.compute_all(labels, scores, 0.5, types, species=types)  # the fixture's pai_type = attack_type
+    per_type, iso = expected.pop("apcer_per_type"), expected.pop("iso")
     assert {k: result[k] for k in expected} == pytest.approx(expected)  # batch sizes differ: allow float noise
     assert result["apcer_per_type"] == pytest.approx(per_type) and set(per_type) == {"print", "replay"}
+    assert set(iso["apcer_per_species"]) == {"print", "replay"}
+    assert_same_iso(result["iso"], iso)
+    assert result["video"] is None  # still images: frame level only
 
 
 def test_mlflow_run_has_params_metrics_and_artifacts(registered, data):
@@ -105,6 +109,10 @@ def test_mlflow_run_has_params_metrics_and_artifacts(registered, data):
     assert run.data.metrics["n_live"] == result["n_live"]
     assert run.data.metrics["hter"] == pytest.approx(result["hter"])
     assert "apcer_type_print" in run.data.metrics
+    assert run.data.metrics["iso_apcer_max"] == pytest.approx(result["iso"]["apcer_max"])
+    assert run.data.metrics["iso_bpcer20"] == pytest.approx(result["iso"]["bpcer20"])
+    assert run.data.metrics["iso_apcer_species_replay"] == pytest.approx(result["iso"]["apcer_per_species"]["replay"])
+    assert not any(k.startswith("video_") for k in run.data.metrics)  # image data: no video level
     assert run.data.tags["raypipe.kind"] == "evaluation"
     assert ARTIFACTS <= run_artifacts(run.info.run_id)
     logged = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/metrics.json"))
@@ -168,6 +176,75 @@ def test_score_without_batches_and_the_test_plan():
     index = pa.table({"dataset": ["x"], "split": ["test"], "subject": ["s"]})
     plan = split_plan(index, "test", EvaluateConfig(model_uri="-", data="-"))
     assert plan.roles(index).tolist() == ["test"]  # a test-only dataset needs no carving
+
+
+@pytest.fixture(scope="module")
+def video_data(tmp_path_factory):
+    """Test videos of 3 frames each: 2 subjects x 2 live + 2 attack videos (print, replay, and an
+    attack type that names no species, so its pai_type is null)."""
+    return make_crops_dir(tmp_path_factory.mktemp("videos"), datasets=("vid",), splits=("test",), subjects=2,
+                          images_per_subject=2, frames_per_video=3, attack_types=("print", "replay", "cutout"))
+
+
+def assert_same_iso(actual: dict, expected: dict) -> None:
+    """The ISO section's figures equal up to float noise (pytest.approx takes no nested dict)."""
+    nested = ("apcer_per_species", "apcer_max_species")
+    assert {k: v for k, v in actual.items() if k not in nested} == pytest.approx(
+        {k: v for k, v in expected.items() if k not in nested})
+    assert actual["apcer_per_species"] == pytest.approx(expected["apcer_per_species"])
+    assert actual["apcer_max_species"] == expected["apcer_max_species"]
+
+
+def hand_video_scores(frames: list[dict], rule) -> dict[str, tuple[int, float, str]]:
+    """video -> (label, rule of its frames' scores, species): the aggregation written out by hand."""
+    grouped = defaultdict(list)
+    for f in frames:
+        grouped[f["video"]].append(f)
+    return {video: (rows[0]["label"], rule([r["score"] for r in rows]), rows[0]["species"])
+            for video, rows in grouped.items()}
+
+
+def test_video_level_figures_are_computed_from_the_score_table(registered, video_data, tmp_path):
+    result = evaluate_model(EvaluateConfig(model_uri="models:/t/1", data=str(video_data.root), experiment="eval-test",
+                                           out=str(tmp_path / "v"), gradcam_per_class=0, video_score="max"))
+    with open(tmp_path / "v" / "scores.csv", newline="") as handle:
+        frames = list(csv.DictReader(handle))
+    for f in frames:
+        f["label"], f["score"], f["species"] = int(f["label"]), float(f["score"]), f["species"] or None
+    assert len(frames) == result["n"] == video_data.n() == 24 and {f["frame_index"] for f in frames} == {"0", "1", "2"}
+    # the frame level still holds every crop, with the standard's figures per species
+    labels, scores, species = ([f[k] for f in frames] for k in ("label", "score", "species"))
+    assert_same_iso(result["iso"], metrics.iso_30107_3(labels, scores, 0.5, species))
+    assert set(result["iso"]["apcer_per_species"]) == {"print", "replay", "unknown"}  # cutout: no species
+    # the video level: 8 videos of 3 frames, scored by the max of their frames
+    videos = hand_video_scores(frames, max)
+    assert (result["video"]["rule"], result["video"]["n_videos"], result["video"]["n_frames"]) == ("max", 8, 24)
+    v_labels, v_scores, v_species = zip(*videos.values())
+    assert (result["video"]["n_live"], result["video"]["n_attack"]) == (4, 4)
+    expected = metrics.compute_all(list(v_labels), list(v_scores), 0.5, species=list(v_species))
+    assert result["video"]["hter"] == pytest.approx(expected["hter"])
+    assert result["video"]["auc"] == pytest.approx(expected["auc"])
+    assert_same_iso(result["video"]["iso"], expected["iso"])
+    # MLflow holds both levels; the report puts them side by side
+    logged = mlflow.get_run(result["mlflow_run_id"]).data
+    assert logged.metrics["video_hter"] == pytest.approx(expected["hter"])
+    assert logged.metrics["video_iso_acer"] == pytest.approx(expected["iso"]["acer"])
+    assert logged.metrics["iso_acer"] == pytest.approx(result["iso"]["acer"])
+    assert logged.params["video_score"] == "max"
+    report = (tmp_path / "v" / "report.md").read_text()
+    assert "| figure | frames | videos |" in report and "BPCER20" in report
+    hter_row = next(line for line in report.splitlines() if line.startswith("| HTER"))
+    assert hter_row.endswith(f"| {100 * result['hter']:.2f} | {100 * expected['hter']:.2f} |")
+
+
+def test_the_video_rule_changes_only_the_video_level(registered, video_data):
+    common = {"model_uri": "models:/t/1", "data": str(video_data.root), "log_to_mlflow": False, "gradcam_per_class": 0}
+    mean, median = (evaluate_model(EvaluateConfig(video_score=rule, **common)) for rule in ("mean", "median"))
+    assert mean["hter"] == median["hter"] and mean["iso"] == median["iso"]
+    assert mean["video"]["rule"] == "mean" and median["video"]["rule"] == "median"
+    assert mean["video"]["auc"] is not None and mean["video"]["n_videos"] == median["video"]["n_videos"] == 8
+    with pytest.raises(ValueError, match="video_score"):
+        evaluate_model(EvaluateConfig(video_score="min", **{**common, "model_uri": "models:/absent/1"}))
 
 
 # ----------------------------------------------------------------------------- cross-dataset

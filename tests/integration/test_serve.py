@@ -92,7 +92,7 @@ def _options(downscale_to_zero_s: float = 600, max_replicas: int = 1) -> dict:
                                        "target_ongoing_requests": 8, "metrics_interval_s": 1, "upscale_delay_s": 1,
                                        "downscale_delay_s": 2, "downscale_to_zero_delay_s": downscale_to_zero_s}}
 
-    return {"Ingress": scaling(1), "FaceDetector": scaling(0), "Classifier": scaling(1)}
+    return {"Ingress": scaling(1), "FaceDetector": scaling(0), "Classifier": scaling(1), "ModelResolver": scaling(0)}
 
 
 def run_app(name: str, prefix: str, settings: dict, options: dict) -> None:
@@ -156,7 +156,10 @@ def test_healthz_docs_and_page(client):
     health = client.get("/healthz")
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert health.json()["pipeline_version"] == FaceConfig().version()
-    assert client.get("/healthz", params={"deep": "true"}).json()["model"]["version"] == "1"
+    model = client.get("/healthz", params={"deep": "true"}).json()["model"]
+    assert model["version"] == "1" and model["runtime"] == "onnx"
+    # The lean path: the Classifier replica runs ONNX Runtime and never imported torch or MLflow.
+    assert model["imports"] == {"torch": False, "mlflow": False}
     assert client.get("/docs").status_code == 200
     spec = client.get("/openapi.json").json()
     assert {"/v1/detect", "/v1/detect-frames", "/healthz"} <= set(spec["paths"])
@@ -172,7 +175,7 @@ def test_detect_answers_the_contract_for_a_face_photo(client, registry):
     answer = detect(client, data)
     assert answer.status_code == 200, answer.text
     body = answer.json()
-    assert body["model"] == {"name": MODEL_NAME, "version": "1", "threshold": 0.5}
+    assert body["model"] == {"name": MODEL_NAME, "version": "1", "threshold": 0.5, "runtime": "onnx"}
     assert {"decode", "detect", "classify", "total"} <= set(body["timing_ms"])
     [face] = body["faces"]
     assert set(face) >= {"box", "det_score", "label", "spoof_probability", "confidence"}
@@ -688,7 +691,7 @@ def test_idle_app_scales_to_zero_and_the_next_request_succeeds(serve_url, regist
             while any(running_replicas(name).values()):
                 assert time.time() < deadline, f"still running after 180 s: {running_replicas(name)}"
                 time.sleep(1)
-            assert running_replicas(name) == {"Ingress": 0, "FaceDetector": 0, "Classifier": 0}
+            assert running_replicas(name) == {"Ingress": 0, "FaceDetector": 0, "Classifier": 0, "ModelResolver": 0}
             assert serve.status().applications[name].status == "RUNNING"  # idle, not broken
             start = time.time()
             again = detect(c, data)
@@ -764,6 +767,73 @@ def test_model_switch_under_load_drops_no_request(serve_url, registry):
         replicas = serve.status().applications[name].deployments["Classifier"].replica_states
         assert replicas.get("RUNNING") == 1  # reconfigured in place, not replaced
         print(f"{len(results)} requests, none failed; v2 from request {first_v2}")
+    finally:
+        stop.set()
+        serve.delete(name)
+
+
+@pytest.mark.slow
+def test_a_promotion_rolls_out_to_running_replicas_under_load(serve_url, registry):
+    """The champion alias moves in the registry and nothing else happens: the running
+    Classifier follows it within model_refresh_s, in place, and no request fails meanwhile."""
+    import mlflow
+    import torch
+    from ray import serve
+
+    from raypipe.models import create_model
+    from raypipe.models.store import CHAMPION, configure_tracking, ensure_experiment, log_and_register
+
+    configure_tracking(registry["tracking_uri"])
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        with mlflow.start_run(experiment_id=ensure_experiment("serve-tests")):
+            log_and_register(create_model("attacknet"), threshold=0.5, register_as="follow", promote=seed == 0,
+                             extra_tags={"pipeline_version": FaceConfig().version()})
+    name, prefix, refresh_s = "rp-follow", "/follow", 1.0
+    settings = {"model_uri": "models:/follow@champion", "tracking_uri": registry["tracking_uri"],
+                "rate_limit_per_s": 0, "model_refresh_s": refresh_s}
+    run_app(name, prefix, settings, _options())
+    body = {"image": b64(encode(astronaut_rgb(), quality=92))}
+    results: list[tuple[float, int, str | None]] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        with httpx.Client(base_url=serve_url + prefix, timeout=120) as c:
+            while not stop.is_set():
+                try:
+                    r = c.post("/v1/detect", json=body)
+                    results.append((time.time(), r.status_code, r.json()["model"]["version"] if r.is_success else None))
+                except httpx.HTTPError as exc:
+                    results.append((time.time(), -1, type(exc).__name__))
+
+    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    try:
+        with httpx.Client(base_url=serve_url + prefix, timeout=180) as c:
+            assert c.post("/v1/detect", json=body).json()["model"]["version"] == "1"
+        for w in workers:
+            w.start()
+        time.sleep(3)
+        moved_at = time.time()
+        mlflow.MlflowClient().set_registered_model_alias("follow", CHAMPION, "2")
+        deadline = moved_at + 60
+        while time.time() < deadline and not [r for r in results if r[2] == "2"]:
+            time.sleep(0.2)
+        time.sleep(3)  # keep the load on after the switch
+        stop.set()
+        for w in workers:
+            w.join(timeout=150)
+        failed = [r for r in results if r[1] != 200]
+        assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+        versions = [r[2] for r in results]
+        assert "1" in versions and "2" in versions, set(versions)
+        first_v2 = versions.index("2")
+        switch_s = results[first_v2][0] - moved_at
+        # refresh interval + loading the ONNX file + the request's own time, on 2 loaded cores
+        assert switch_s < refresh_s + 15, f"followed the alias only after {switch_s:.1f} s"
+        assert set(versions[first_v2 + 8:]) == {"2"}
+        replicas = serve.status().applications[name].deployments["Classifier"].replica_states
+        assert replicas.get("RUNNING") == 1  # switched in place: no redeploy, no new replica
+        print(f"{len(results)} requests, none failed; the alias was followed in {switch_s:.1f} s")
     finally:
         stop.set()
         serve.delete(name)

@@ -22,7 +22,7 @@ import ray
 import yaml
 
 from raypipe.cli import build_parser
-from raypipe.serve.deployments import CLASSIFIER, DETECTOR, INGRESS
+from raypipe.serve.deployments import CLASSIFIER, DETECTOR, INGRESS, RESOLVER
 from raypipe.serve.settings import ServeSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -95,10 +95,11 @@ def test_cluster_nodes_install_the_project_with_the_pinned_versions():
 def serve_configs() -> dict[str, dict]:
     service = load(K8S / "rayservice.yaml")
     return {"serve_config.yaml": load(ROOT / "serve_config.yaml"),
+            "serve_config.gpu.yaml": load(ROOT / "serve_config.gpu.yaml"),
             "rayservice.yaml": yaml.safe_load(service["spec"]["serveConfigV2"])}
 
 
-@pytest.mark.parametrize("name", ["serve_config.yaml", "rayservice.yaml"])
+@pytest.mark.parametrize("name", ["serve_config.yaml", "serve_config.gpu.yaml", "rayservice.yaml"])
 def test_serve_configs_pass_ray_serves_schema_and_ours(name):
     from ray.serve.schema import ServeDeploySchema
 
@@ -109,7 +110,7 @@ def test_serve_configs_pass_ray_serves_schema_and_ours(name):
     assert callable(getattr(importlib.import_module(module), attribute))  # what Serve will import
     ServeSettings.model_validate(app.args)  # extra="forbid": a typo'd argument fails here
     deployments = {d.name: d for d in app.deployments}
-    assert set(deployments) == {INGRESS, DETECTOR, CLASSIFIER}
+    assert set(deployments) == {INGRESS, DETECTOR, CLASSIFIER, RESOLVER}
     for deployment in deployments.values():  # serverless: every deployment can reach zero
         assert deployment.autoscaling_config["min_replicas"] == 0
 
@@ -122,6 +123,20 @@ def test_the_rayservice_serves_the_same_app_with_a_gpu_classifier():
     classifier = next(d for d in service_app["deployments"] if d["name"] == CLASSIFIER)
     assert classifier["ray_actor_options"]["num_gpus"] > 0
     assert service_app["runtime_env"]["env_vars"]["MLFLOW_TRACKING_URI"].startswith("http")
+
+
+def test_the_gpu_serve_config_is_the_cpu_app_with_a_gpu_classifier():
+    """serve_config.gpu.yaml differs from serve_config.yaml only where a GPU needs it."""
+    (cpu,), (gpu,) = serve_configs()["serve_config.yaml"]["applications"], \
+        serve_configs()["serve_config.gpu.yaml"]["applications"]
+    classifier = {d["name"]: d for d in gpu["deployments"]}[CLASSIFIER]
+    assert 0 < classifier["ray_actor_options"]["num_gpus"] <= 1
+    settings = ServeSettings.model_validate(gpu["args"])
+    assert settings.runtime == "torch" and settings.precision == "auto"
+    differ = {k for k in cpu["args"] if cpu["args"][k] != gpu["args"].get(k)}
+    assert differ <= {"runtime", "max_batch_size"}, differ
+    others = lambda app: [d for d in app["deployments"] if d["name"] != CLASSIFIER]  # noqa: E731
+    assert others(cpu) == others(gpu)
 
 
 # ------------------------------------------------------------------------- KubeRay manifests

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -187,3 +188,37 @@ def test_models_package_does_not_import_ray():
     code = "import sys, raypipe.models; assert 'ray' not in sys.modules, 'raypipe.models imported ray'"
     repo_root = Path(__file__).resolve().parents[2]  # `python -c` puts the cwd on sys.path
     subprocess.run([sys.executable, "-c", code], check=True, timeout=120, cwd=repo_root)
+
+
+@pytest.mark.parametrize("device, precision, bf16, expected", [
+    ("cuda", "auto", True, torch.bfloat16),   # Ampere and newer
+    ("cuda", "auto", False, torch.float16),   # T4, V100
+    ("cpu", "auto", True, None),
+    ("cuda", "float32", True, None),
+    ("cpu", "bfloat16", False, torch.bfloat16),
+])
+def test_inference_precision_follows_the_device(device, precision, bf16, expected):
+    from raypipe.predict import inference_dtype
+
+    assert inference_dtype(device, precision, bf16_supported=bf16) is expected
+
+
+def test_impossible_inference_precisions_are_refused():
+    from raypipe.predict import inference_dtype
+
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        inference_dtype("cpu", "float16")
+    with pytest.raises(ValueError, match="precision must be one of"):
+        inference_dtype("cuda", "half")
+
+
+def test_bfloat16_scores_stay_close_to_float32_on_cpu():
+    from raypipe.predict import Predictor
+
+    torch.manual_seed(0)
+    model = create_model("attacknet")
+    images = np.random.default_rng(0).integers(0, 256, (6, 32, 32, 3), np.uint8)
+    exact = Predictor(model, model.spec, "cpu").score_inputs(images)
+    reduced = Predictor(model, model.spec, "cpu", precision="bfloat16").score_inputs(images)
+    assert not np.array_equal(exact, reduced)  # autocast really ran in bfloat16
+    np.testing.assert_allclose(reduced, exact, atol=0.02)
