@@ -6,7 +6,9 @@
 Measures, for a 640x480 NUAA JPEG (JSON base64 body, the API contract) and AttackNet:
 p50/p99 latency at concurrency 1, requests/s at concurrency 8, cold start (zero
 replicas -> first answer; for the plain server: process start -> first answer), for
-both Serve graph cuts (detection in the ingress, or in the FaceDetector deployment).
+the Serve graph cuts (detection in the ingress or in the FaceDetector deployment; "one-hop":
+detection and the model both in the ingress), with the ONNX runtime (``--runtime``), and
+the cold start of the PyTorch runtime beside it (``--cold-runtimes``).
 Then a 60 s load test at concurrency 8 and a run that SIGKILLs a Classifier replica and
 then an Ingress replica mid-load. Traffic goes to 127.0.0.1 only. It starts its own
 local Ray cluster and stops only what it started. Results: benchmarks/results/serve.json.
@@ -39,6 +41,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 NUAA = ROOT.parent / "shared" / "datasets" / "nuaa"
 APP = "raypipe-bench"
+# Serve graph cuts: where detection and the model run (ServeSettings.detector / .classifier).
+MODES = {"ingress": {"detector": "ingress"}, "deployment": {"detector": "deployment"},
+         "one-hop": {"detector": "ingress", "classifier": "ingress"}}
 
 
 # --------------------------------------------------------------------------------------
@@ -182,12 +187,12 @@ def nuaa_image(path: str | None) -> Path:
 class PlainServer:
     """The one-process baseline (raypipe.serve.standalone) as a subprocess."""
 
-    def __init__(self, model_uri: str, tracking_uri: str) -> None:
+    def __init__(self, model_uri: str, tracking_uri: str, runtime: str) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1/detect"
         env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri, "GLOG_minloglevel": "2"}
         cmd = [sys.executable, "-m", "raypipe.serve.standalone", "--port", str(self.port), "--model-uri", model_uri,
-               "--settings-json", json.dumps({"rate_limit_per_s": 0})]
+               "--settings-json", json.dumps({"rate_limit_per_s": 0, "runtime": runtime})]
         self.started = time.perf_counter()
         self.proc = subprocess.Popen(cmd, env=env, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -214,7 +219,7 @@ class PlainServer:
 
 
 def serve_options(downscale_to_zero_s: float) -> dict:
-    from raypipe.serve.deployments import CLASSIFIER, DETECTOR, INGRESS
+    from raypipe.serve.deployments import CLASSIFIER, DETECTOR, INGRESS, RESOLVER
 
     def scaling(target: float, initial: int) -> dict:
         return {"autoscaling_config": {"min_replicas": 0, "initial_replicas": initial, "max_replicas": 2,
@@ -222,7 +227,7 @@ def serve_options(downscale_to_zero_s: float) -> dict:
                                        "upscale_delay_s": 3, "downscale_delay_s": 30,
                                        "downscale_to_zero_delay_s": downscale_to_zero_s}}
 
-    return {INGRESS: scaling(8, 1), DETECTOR: scaling(4, 0), CLASSIFIER: scaling(16, 1)}
+    return {INGRESS: scaling(8, 1), DETECTOR: scaling(4, 0), CLASSIFIER: scaling(16, 1), RESOLVER: scaling(4, 0)}
 
 
 def deploy(settings: dict, downscale_to_zero_s: float = 600) -> None:
@@ -319,7 +324,7 @@ def bench(args, model_uri: str, tracking_uri: str, body: bytes) -> dict:
     import ray
     from ray import serve
 
-    plain = PlainServer(model_uri, tracking_uri)
+    plain = PlainServer(model_uri, tracking_uri, args.runtime)
     out: dict = {"plain": {"cold_start_s": plain.cold_start(body), "rounds": []}, "serve": {"modes": {}}}
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"GLOG_minloglevel": "2"}})
@@ -327,13 +332,13 @@ def bench(args, model_uri: str, tracking_uri: str, body: bytes) -> dict:
         port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         url = f"http://127.0.0.1:{port}/v1/detect"
-        base = {"model_uri": model_uri, "tracking_uri": tracking_uri, "rate_limit_per_s": 0}
+        base = {"model_uri": model_uri, "tracking_uri": tracking_uri, "rate_limit_per_s": 0, "runtime": args.runtime}
         modes = args.modes.split(",")
         for round_ in range(args.rounds):
             out["plain"]["rounds"].append(measure(plain.url, body, args.requests, args.seconds, plain.processes))
             print(f"round {round_} plain: {json.dumps(out['plain']['rounds'][-1])}", flush=True)
             for mode in modes:
-                deploy({**base, "detector": mode})
+                deploy({**base, **MODES[mode]})
                 wait_http(url, body, 180)
                 result = measure(url, body, args.requests, args.seconds, ray_processes)
                 out["serve"]["modes"].setdefault(mode, {"rounds": []})["rounds"].append(result)
@@ -342,10 +347,14 @@ def bench(args, model_uri: str, tracking_uri: str, body: bytes) -> dict:
         out["plain"].update(median_of(out["plain"]["rounds"]))
         for mode in modes:
             out["serve"]["modes"][mode].update(median_of(out["serve"]["modes"][mode]["rounds"]))
-        out["serve"]["cold_start"] = cold_starts(url, body, {**base, "detector": modes[0]}, args.cold_repeats)
+        out["serve"]["cold_start"] = cold_starts(url, body, {**base, **MODES[modes[0]]}, args.cold_repeats)
         print(f"cold start: {out['serve']['cold_start']}", flush=True)
+        for runtime in [r for r in args.cold_runtimes.split(",") if r and r != args.runtime]:
+            out["serve"][f"cold_start_{runtime}"] = cold_starts(
+                url, body, {**base, **MODES[modes[0]], "runtime": runtime}, args.cold_repeats)
+            print(f"cold start ({runtime}): {out['serve'][f'cold_start_{runtime}']}", flush=True)
         if not args.quick:
-            deploy({**base, "detector": modes[0]})
+            deploy({**base, **MODES[modes[0]]})
             wait_http(url, body, 180)
             out["serve"]["load_c8"] = summarize(load(url, body, 8, duration=args.load_seconds))
             out["serve"]["load_c8"]["seconds"] = args.load_seconds
@@ -386,7 +395,8 @@ def main() -> None:
     parser.add_argument("--model-uri")
     parser.add_argument("--tracking-uri")
     parser.add_argument("--image")
-    parser.add_argument("--modes", default="ingress,deployment", help="Serve graph cuts to measure; first = main")
+    parser.add_argument("--modes", default="ingress,deployment,one-hop",
+                        help=f"Serve graph cuts to measure ({', '.join(MODES)}); first = main")
     parser.add_argument("--requests", type=int, default=300, help="sequential requests for p50/p99")
     parser.add_argument("--seconds", type=float, default=20, help="concurrency-8 throughput window")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved measurement rounds (median kept)")
@@ -394,6 +404,8 @@ def main() -> None:
     parser.add_argument("--load-seconds", type=float, default=60)
     parser.add_argument("--kill-seconds", type=float, default=90)
     parser.add_argument("--quick", action="store_true", help="skip the load and kill tests")
+    parser.add_argument("--runtime", default="onnx", choices=("onnx", "torch"), help="Classifier runtime (both servers)")
+    parser.add_argument("--cold-runtimes", default="onnx,torch", help="runtimes whose cold start is measured")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
@@ -416,7 +428,7 @@ def main() -> None:
                   "loadavg_before": [round(x, 2) for x in load_before],
                   "loadavg_after": [round(x, 2) for x in os.getloadavg()]},
               "image": {"name": image.name, "bytes": len(data), "size": list(size), "body": "JSON base64"},
-              "model_uri": model_uri, "plain": plain, "serve": served,
+              "model_uri": model_uri, "runtime": args.runtime, "plain": plain, "serve": served,
               "goals": goals(plain, served["modes"][main_mode], served["cold_start"])}
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

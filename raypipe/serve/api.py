@@ -60,6 +60,7 @@ class Backend(Protocol):
     """Where the faces are found and classified (Serve handles, or in-process)."""
 
     detector_where: str
+    classifier_where: str
 
     async def find_faces(self, data: bytes) -> Findings:
         """Raises a FaceError subclass for input without a usable face."""
@@ -262,7 +263,8 @@ def create_api(backend: Backend, settings: ServeSettings, metrics: IngressMetric
             if "name" not in info:  # a Classifier whose model has not loaded (yet)
                 return error_response(503, "model_unavailable", "the classifier has no model loaded")
             model = ClassifierStatus.model_validate(info)
-        body = Health(status="ok", detector=backend.detector_where, pipeline_version=api.pipeline_version,
+        body = Health(status="ok", detector=backend.detector_where, classifier=backend.classifier_where,
+                      pipeline_version=api.pipeline_version,
                       auth=api.keys.enabled, model=model)
         return JSONResponse(body.model_dump())
 

@@ -38,6 +38,10 @@ def classifier_user_config(settings: ServeSettings, served: ServedModel | None =
             "max_batch_size": settings.max_batch_size, "batch_wait_timeout_s": settings.batch_wait_timeout_s}
 
 
+def _as_dict(config: Any) -> dict[str, Any]:
+    return config if isinstance(config, dict) else config.model_dump(exclude_unset=True)
+
+
 def resolve_quietly(settings: ServeSettings) -> ServedModel | None:
     """The served model as the registry names it now; None when it cannot say yet (not
     registered, registry down): the Classifier then asks the ModelResolver when it starts."""
@@ -65,11 +69,19 @@ def compose(settings: ServeSettings, options: dict[str, dict[str, Any]] | None =
     settings = with_model_face(settings)
     face_config = settings.face_config()
     served = resolve_quietly(settings)
-    classifier = Classifier.options(user_config=classifier_user_config(settings, served),
-                                    **options.get(CLASSIFIER, {}))
+    classifier_options = dict(options.get(CLASSIFIER, {}))
+    if settings.classifier == "ingress":  # stays in the graph, idle at zero (like an unused FaceDetector)
+        scaling = classifier_options.get("autoscaling_config") or Classifier._deployment_config.autoscaling_config
+        classifier_options["autoscaling_config"] = {**_as_dict(scaling), "initial_replicas": 0}
+    classifier = Classifier.options(user_config=classifier_user_config(settings, served), **classifier_options)
     detector = FaceDetector.options(**options.get(DETECTOR, {}))
     resolver = ModelResolver.options(**options.get(RESOLVER, {}))
     ingress = Ingress.options(**options.get(INGRESS, {}))
     tracking_uri = settings.resolved_tracking_uri()
+    resolver = resolver.bind(tracking_uri)
+    in_ingress = None
+    if settings.classifier == "ingress":  # the ingress replica runs the model itself
+        in_ingress = {"user_config": classifier_user_config(settings, served), "tracking_uri": tracking_uri,
+                      "pipeline_version": face_config.version(), "resolver": resolver}
     return ingress.bind(settings.model_dump(), detector.bind(face_config),
-                        classifier.bind(tracking_uri, face_config.version(), resolver.bind(tracking_uri)))
+                        classifier.bind(tracking_uri, face_config.version(), resolver), in_ingress)

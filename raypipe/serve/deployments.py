@@ -24,7 +24,7 @@ from raypipe.serve.core import FaceFailure, Findings, LocalDetector, Scores, cro
 from raypipe.serve.errors import face_error
 from raypipe.serve.metrics import ClassifierMetrics
 from raypipe.serve.runners import ServedModel, load_served, resolve_served_model
-from raypipe.serve.settings import BATCH_DEFAULTS, MODEL_DEFAULTS
+from raypipe.serve.settings import BATCH_DEFAULTS, MODEL_DEFAULTS, ServeSettings
 
 if TYPE_CHECKING:
     from fastapi import FastAPI
@@ -80,17 +80,17 @@ class ModelResolver:
         return resolve_served_model(model_uri, self.tracking_uri).to_dict()
 
 
-@serve.deployment(name=CLASSIFIER, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
-                  autoscaling_config=_autoscaling(target=16, initial=1))
-class Classifier:
-    """The registry model behind ``@serve.batch``; ``reconfigure`` swaps models without a restart.
+class ServedModelHolder:
+    """One replica's model: loads it, follows its alias, scores batches of crops.
 
-    ``user_config``: ``{"model_uri", "model" (the reference resolved where the app was built),
-    "runtime" (onnx | torch), "precision", "model_refresh_s", "max_batch_size", "batch_wait_timeout_s"}``
-    (batching defaults: :data:`raypipe.serve.settings.BATCH_DEFAULTS`). With the ONNX
-    runtime the replica imports neither torch nor MLflow. An alias (``models:/m@champion``)
-    is followed: every ``model_refresh_s`` the :class:`ModelResolver` is asked what it names,
-    and a new version is loaded beside the current one and swapped in (no request dropped).
+    Used by the Classifier deployment and, with ``classifier: ingress``, inside the ingress
+    replica. Configured by the Classifier ``user_config`` (:func:`raypipe.serve.app.classifier_user_config`):
+    ``{"model_uri", "model" (the reference resolved where the app was built), "runtime"
+    (onnx | torch), "precision", "model_refresh_s", "max_batch_size", "batch_wait_timeout_s"}``.
+    With the ONNX runtime the process imports neither torch nor MLflow. An alias
+    (``models:/m@champion``) is followed: every ``model_refresh_s`` the :class:`ModelResolver`
+    is asked what it names, and a new version is loaded beside the current one and swapped
+    in (a batch in flight keeps the runner it started with: no request dropped).
     """
 
     def __init__(self, tracking_uri: str | None, pipeline_version: str,
@@ -105,7 +105,7 @@ class Classifier:
         self.load_s: float | None = None
         self.metrics = ClassifierMetrics()
 
-    async def reconfigure(self, user_config: dict) -> None:
+    async def configure(self, user_config: dict) -> None:
         self.classify.set_max_batch_size(int(user_config.get("max_batch_size", BATCH_DEFAULTS["max_batch_size"])))
         self.classify.set_batch_wait_timeout_s(
             float(user_config.get("batch_wait_timeout_s", BATCH_DEFAULTS["batch_wait_timeout_s"])))
@@ -125,14 +125,12 @@ class Classifier:
         return await self.resolver.resolve.remote(self.model_uri)
 
     async def _load(self, served: ServedModel) -> None:
-        # Load beside the current model, then swap one reference: a batch in flight keeps the
-        # runner it started with, so no request sees half a switch.
         start = time.perf_counter()
         runner = await asyncio.to_thread(load_served, served, self.runtime, self.tracking_uri, self.pipeline_version,
                                          self.precision)
         self.runner, self.served = runner, served
         self.load_s = round(time.perf_counter() - start, 3)
-        log.info("classifier serving %s version %s with %s (loaded in %.2f s)", runner.info["name"],
+        log.info("serving %s version %s with %s (loaded in %.2f s)", runner.info["name"],
                  runner.info["version"], runner.info["runtime"], self.load_s)
 
     def _follow_alias(self) -> None:
@@ -180,21 +178,41 @@ class Classifier:
         probabilities = runner.spoof_probabilities(crops, boxes)
         return probabilities, (time.perf_counter() - start) * 1000
 
-    def ping(self) -> dict:
-        # "imports": proof that the lean path stays lean (a replica's sys.modules, read in tests).
+    def status(self) -> dict:
+        # "imports": proof that the lean path stays lean (this process's sys.modules, read in tests).
         return {**(self.runner.info if self.runner else {}), "uri": self.model_uri, "load_s": self.load_s,
                 "imports": {module: module in sys.modules for module in ("torch", "mlflow")}}
 
 
+@serve.deployment(name=CLASSIFIER, ray_actor_options={"num_cpus": 0.5}, max_ongoing_requests=64,
+                  autoscaling_config=_autoscaling(target=16, initial=1))
+class Classifier:
+    """The registry model behind ``@serve.batch`` (:class:`ServedModelHolder`); ``reconfigure``
+    (a ``user_config`` change) swaps models without a restart."""
+
+    def __init__(self, tracking_uri: str | None, pipeline_version: str,
+                 resolver: DeploymentHandle | None = None) -> None:
+        self.model = ServedModelHolder(tracking_uri, pipeline_version, resolver)
+
+    async def reconfigure(self, user_config: dict) -> None:
+        await self.model.configure(user_config)
+
+    async def classify(self, request: tuple[np.ndarray, np.ndarray, bool]) -> Scores:
+        return await self.model.classify(request)
+
+    def ping(self) -> dict:
+        return self.model.status()
+
+
 class ServeBackend:
     """The API's backend inside the ingress replica: detection local or via the FaceDetector
-    deployment, classification via the Classifier deployment."""
+    deployment, classification local or via the Classifier deployment."""
 
-    def __init__(self, detector_where: str, face_config: FaceConfig, detector: DeploymentHandle,
-                 classifier: DeploymentHandle) -> None:
-        self.detector_where = detector_where
-        self.detector, self.classifier = detector, classifier
-        self.local = LocalDetector(face_config) if detector_where == "ingress" else None
+    def __init__(self, settings: ServeSettings, detector: DeploymentHandle, classifier: DeploymentHandle,
+                 local_model: ServedModelHolder | None = None) -> None:
+        self.detector_where, self.classifier_where = settings.detector, settings.classifier
+        self.detector, self.classifier, self.local_model = detector, classifier, local_model
+        self.local = LocalDetector(settings.face_config()) if settings.detector == "ingress" else None
 
     async def find_faces(self, data: bytes) -> Findings:
         if self.local is not None:
@@ -205,9 +223,13 @@ class ServeBackend:
         return result
 
     async def classify(self, crops: np.ndarray, boxes: np.ndarray, want_digests: bool) -> Scores:
+        if self.local_model is not None:
+            return await self.local_model.classify((crops, boxes, want_digests))
         return await self._call(self.classifier.classify, (crops, boxes, want_digests))  # one batch item
 
     async def model_info(self) -> dict:
+        if self.local_model is not None:
+            return self.local_model.status()
         return await self._call(self.classifier.ping)
 
     @staticmethod
@@ -226,17 +248,24 @@ class ServeBackend:
 class Ingress:
     """HTTP in front (FastAPI built per replica from the settings, so CORS and keys are per config)."""
 
-    async def __init__(self, settings: dict, detector: DeploymentHandle, classifier: DeploymentHandle) -> None:
-        from raypipe.serve.settings import ServeSettings
-
+    async def __init__(self, settings: dict, detector: DeploymentHandle, classifier: DeploymentHandle,
+                       model: dict | None = None) -> None:
+        """``model``: with ``classifier: ingress``, the Classifier's user_config and what the
+        in-ingress :class:`ServedModelHolder` needs (``tracking_uri``, ``pipeline_version``, ``resolver``)."""
         self.settings = ServeSettings.model_validate(settings)
         # Wake the downstream deployments now, so after a scale-from-zero they start in
         # parallel with this replica instead of after the first request reaches them.
-        wake = [classifier.ping.remote()] + ([detector.ping.remote()] if self.settings.detector == "deployment" else [])
+        wake = ([classifier.ping.remote()] if self.settings.classifier == "deployment" else []) + \
+            ([detector.ping.remote()] if self.settings.detector == "deployment" else [])
         self._warmup = asyncio.get_running_loop().create_task(self._await_quietly(wake))
         start = time.perf_counter()
-        self.backend = ServeBackend(self.settings.detector, self.settings.face_config(), detector, classifier)
-        log.info("ingress ready (detector in the %s, %.2f s)", self.settings.detector, time.perf_counter() - start)
+        local_model = None
+        if self.settings.classifier == "ingress":
+            local_model = ServedModelHolder(model["tracking_uri"], model["pipeline_version"], model["resolver"])
+            await local_model.configure(model["user_config"])
+        self.backend = ServeBackend(self.settings, detector, classifier, local_model)
+        log.info("ingress ready (detector in the %s, classifier in the %s, %.2f s)", self.settings.detector,
+                 self.settings.classifier, time.perf_counter() - start)
 
     @staticmethod
     async def _await_quietly(responses: list) -> None:

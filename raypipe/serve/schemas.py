@@ -152,6 +152,7 @@ class Health(_Closed):
 
     status: Literal["ok"]
     detector: str = Field(description="where faces are detected: ingress, deployment or local")
+    classifier: str = Field(description="where the model runs: deployment, ingress or local")
     pipeline_version: str
     auth: bool = Field(description="whether X-API-Key is required")
     model: ClassifierStatus | SkipJsonSchema[None] = Field(default=None, exclude_if=_absent,

@@ -42,6 +42,10 @@ class ServeSettings(BaseModel):
     # Where detection runs: inside the ingress replica (one Serve hop fewer, see docs/serving.md)
     # or in the FaceDetector deployment (scales on its own; worth it when detection is heavy).
     detector: Literal["ingress", "deployment"] = "ingress"
+    # Where the model runs: the Classifier deployment (scales and takes GPUs on its own, batches
+    # across ingress replicas) or inside the ingress replica (one Serve hop fewer; with the
+    # ONNX runtime a CPU-only service's fastest cut, measured in docs/serving.md).
+    classifier: Literal["deployment", "ingress"] = "deployment"
 
     # Protection in front of the pipeline.
     max_body_bytes: int = 10 * 1024 * 1024  # whole HTTP body (base64 inflates images by 4/3)

@@ -24,7 +24,7 @@ from raypipe.serve.settings import MODEL_URI_ENV, ServeSettings, with_model_face
 class LocalBackend:
     """Detection and classification in this process (threads keep the event loop free)."""
 
-    detector_where = "local"
+    detector_where = classifier_where = "local"
 
     def __init__(self, settings: ServeSettings) -> None:
         face_config = with_model_face(settings).face_config()

@@ -837,3 +837,28 @@ def test_a_promotion_rolls_out_to_running_replicas_under_load(serve_url, registr
     finally:
         stop.set()
         serve.delete(name)
+
+
+def test_the_model_can_run_inside_the_ingress_replica(serve_url, registry, client):
+    """classifier: ingress (one Serve hop fewer): same answer as the Classifier deployment,
+    the Classifier stays at zero replicas, and the ingress replica imports no torch or MLflow."""
+    from ray import serve
+
+    name, prefix = "rp-onehop", "/onehop"
+    settings = {"model_uri": registry["champion"], "tracking_uri": registry["tracking_uri"],
+                "classifier": "ingress", "rate_limit_per_s": 0}
+    run_app(name, prefix, settings, _options())
+    try:
+        data = encode(astronaut_rgb(), quality=92)
+        with httpx.Client(base_url=serve_url + prefix, timeout=120) as c:
+            here = detect(c, data)
+            health = c.get("/healthz", params={"deep": "true"}).json()
+        there = detect(client, data)
+        assert here.status_code == 200, here.text
+        assert [f["spoof_probability"] for f in here.json()["faces"]] == \
+            pytest.approx([f["spoof_probability"] for f in there.json()["faces"]], abs=1e-6)
+        assert here.json()["model"] == there.json()["model"]
+        assert health["classifier"] == "ingress" and health["model"]["imports"] == {"torch": False, "mlflow": False}
+        assert serve.status().applications[name].deployments["Classifier"].replica_states.get("RUNNING", 0) == 0
+    finally:
+        serve.delete(name)
