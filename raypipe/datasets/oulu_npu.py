@@ -17,7 +17,10 @@ looks it up anywhere under the root (preferring ``<Split>_files/``).
 
 Options: ``protocol`` (1-4, default 1) and ``fold`` (1-6, protocols 3 and 4
 only, default 1). Only the videos of the chosen protocol are yielded; the
-others are counted in ``report.skipped``. Subject = the User field; extras:
+others are counted in ``report.skipped``. ``protocol=0`` is the whole release
+instead, no list read: every video under ``{Train,Dev,Test}_files/``, split by
+that folder (what the leave-one-dataset-out benchmarks call "O", see
+``raypipe.protocols``). Subject = the User field; extras:
 ``phone``, ``session``, ``pai`` (presentation attack instrument 1/2, 0 for
 real), ``protocol``, ``fold``, ``list_label``, and ``eye_positions`` (the
 per-video ``.txt`` annotation beside the video, when present).
@@ -33,7 +36,7 @@ import re
 from pathlib import Path
 from typing import Any, Iterator
 
-from raypipe.datasets._common import FileIndex, read_list, require, sidecar
+from raypipe.datasets._common import FileIndex, iter_files, read_list, require, sidecar
 from raypipe.datasets.base import ATTACK, LIVE, VIDEO_EXTENSIONS, DatasetAdapter, Sample, media_of
 
 _VIDEO = re.compile(r"^(?P<phone>\d+)_(?P<session>\d+)_(?P<user>\d+)_(?P<file>\d+)$")
@@ -48,11 +51,11 @@ class OuluNpuAdapter(DatasetAdapter):
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)
         protocol, fold = self.options["protocol"], self.options["fold"]
-        if protocol not in (1, 2, 3, 4):
-            raise ValueError(f"oulu_npu: protocol must be 1-4, got {protocol!r}")
+        if protocol not in (0, 1, 2, 3, 4):
+            raise ValueError(f"oulu_npu: protocol must be 1-4 (or 0: every video by folder), got {protocol!r}")
         if fold not in range(1, 7):
             raise ValueError(f"oulu_npu: fold must be 1-6, got {fold!r}")
-        if protocol in (1, 2) and fold != 1:
+        if protocol in (0, 1, 2) and fold != 1:
             raise ValueError(f"oulu_npu: protocol {protocol} has no folds (fold={fold})")
 
     def list_path(self, split: str) -> Path:
@@ -62,6 +65,9 @@ class OuluNpuAdapter(DatasetAdapter):
         return self.root / "Protocols" / f"Protocol_{protocol}" / f"{_SPLIT_FILES[split]}{suffix}.txt"
 
     def scan(self) -> Iterator[Sample]:
+        if self.options["protocol"] == 0:
+            yield from self._scan_release_folders()
+            return
         protocol_dir = self.list_path("train").parent
         require((self.root / "Protocols").is_dir(), self.name, f"no Protocols/ folder under {self.root}")
         lists = {split: self.list_path(split) for split in _SPLIT_FILES}
@@ -85,6 +91,19 @@ class OuluNpuAdapter(DatasetAdapter):
                 used.add(path)
                 yield sample
         self.report.skipped.extend(self.rel(p) for p in index.files if p not in used)
+
+    def _scan_release_folders(self) -> Iterator[Sample]:
+        """Protocol 0: every video of ``<Split>_files/``, its split from the folder (lists unused)."""
+        found = False
+        for split, folder in _SPLIT_FILES.items():
+            for path in iter_files(self.root / f"{folder}_files", VIDEO_EXTENSIONS):
+                sample = self._sample(path, split, "")
+                if sample is None:
+                    self.report.skipped.append(self.rel(path))
+                    continue
+                found = True
+                yield sample
+        require(found, self.name, f"protocol 0 reads Train_files/, Dev_files/, Test_files/: no video under {self.root}")
 
     def _entries(self, list_path: Path) -> Iterator[tuple[str, str]]:
         """(label column, video name) of each line ``label,video`` (either order tolerated)."""

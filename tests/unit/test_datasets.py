@@ -228,6 +228,22 @@ def test_oulu_npu_flat_root_and_missing_list(tmp_path):
     assert sorted(adapter.report.missing) == ["Protocols/Protocol_1/Dev.txt", "Protocols/Protocol_1/Test.txt"]
 
 
+def test_oulu_npu_protocol_0_is_every_video_split_by_its_folder(trees, tmp_path):
+    tree = trees["oulu_npu"]
+    samples, report = scan(tree, protocol=0)
+    assert {r: s.split for r, s in samples.items()} == {
+        **{f"Train_files/1_1_01_{f}.avi": "train" for f in range(1, 6)},
+        **{f"Dev_files/1_1_21_{f}.avi": "dev" for f in (1, 2, 4)},
+        **{f"Test_files/1_1_36_{f}.avi": "test" for f in (1, 3, 5)}, "Test_files/2_1_36_1.avi": "test"}
+    assert kinds(samples)["Dev_files/1_1_21_4.avi"] == ("dev", "21", ATTACK, "replay")
+    assert report.missing == [] and report.skipped == []  # no list is read
+    with pytest.raises(ValueError):
+        get_adapter("oulu_npu", tree.root, protocol=0, fold=2)
+    write_video(tmp_path / "1_1_01_1.avi", 1)  # a flat root has no split folders
+    with pytest.raises(DatasetLayoutError, match="protocol 0"):
+        get_adapter("oulu_npu", tmp_path, protocol=0).samples()
+
+
 def test_replay_attack(trees):
     tree = trees["replay_attack"]
     samples, _ = scan(tree)
