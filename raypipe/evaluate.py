@@ -14,8 +14,10 @@ metrics (sections flattened: ``iso_*``, ``video_*``), metrics JSON, a Markdown r
 
 Scoring is :class:`raypipe.predict.Predictor` (the one scoring path of training,
 evaluation and serving) over :func:`raypipe.crops.iter_local_batches`, in process
-(no Ray): evaluation sets here are thousands of crops, which one process scores in
-seconds, and a Ray cluster would only add start-up time.
+(no Ray) by default: evaluation sets here are thousands of crops, which one process
+scores in seconds. With ``actors`` > 0 the same decoding and scoring run as a Ray Data
+pipeline over an actor pool (a GPU each with ``gpu``; :func:`score_on_actors`) and only
+the scores come back to be reduced to metrics here: for test sets of a CelebA-Spoof size.
 
 ``threshold`` re-chooses the operating point at evaluation time: a number is used as
 is; a rule (``eer``, ``apcer:T``) is applied to the model's scores on the data's
@@ -88,6 +90,9 @@ class ClassSample:
                     kept.extend(batch["image"][np.asarray(batch["label"]) == cls][:need])
             yield batch
 
+    def full(self) -> bool:
+        return all(len(kept) >= self.n for kept in self.images.values())
+
     def arrays(self) -> tuple[np.ndarray, np.ndarray]:
         images = self.images[LIVE] + self.images[ATTACK]
         labels = [LIVE] * len(self.images[LIVE]) + [ATTACK] * len(self.images[ATTACK])
@@ -154,7 +159,14 @@ def evaluate_model(config: EvaluateConfig) -> dict[str, Any]:
     index = read_index(config.data, config.datasets, columns=[*INDEX_COLUMNS, *FRAME_COLUMNS])
     plan = split_plan(index, config.split, config)
     sample, ids = ClassSample(config.gradcam_per_class), []
-    scored = predictor.score_batches(tap_sample_ids(sample.tap(_batches(config, config.split, plan, loaded)), ids))
+    if config.actors > 0:
+        scored, sample_ids = score_on_actors(config, config.split, plan, loaded)
+        ids.append(sample_ids)
+        for _ in sample.tap(_batches(config, config.split, plan, loaded)):  # Grad-CAM crops only
+            if sample.full():
+                break
+    else:
+        scored = predictor.score_batches(tap_sample_ids(sample.tap(_batches(config, config.split, plan, loaded)), ids))
     if scored.labels.size == 0:
         raise ValueError(f"no crops in split {config.split!r} under {config.data} (datasets={config.datasets})")
     threshold, threshold_source = operating_threshold(config, loaded, predictor, index, scored)
@@ -172,6 +184,44 @@ def evaluate_model(config: EvaluateConfig) -> dict[str, Any]:
                 write_artifacts(directory, result, scored.labels, scored.scores, loaded, sample, frames)
     result["seconds"] = round(time.perf_counter() - started, 3)
     return result
+
+
+class ScoringActor:
+    """A Ray Data actor: the registry model, loaded once per actor, scoring decoded batches."""
+
+    def __init__(self, model_uri: str, tracking_uri: str, device: str) -> None:
+        configure_tracking(tracking_uri)
+        loaded = load_model(model_uri)
+        self.predictor = Predictor(loaded.model, loaded.spec, device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {"sample_id": batch["sample_id"], "label": batch["label"], "attack_type": batch["attack_type"],
+                "score": self.predictor.score_inputs(batch["image"]) if len(batch["label"]) else np.zeros(0)}
+
+
+def score_on_actors(config: EvaluateConfig, role: str, plan: SplitPlan,
+                    loaded: LoadedModel) -> tuple[Scored, np.ndarray]:
+    """(scores, their sample ids): decoding and scoring as a Ray Data pipeline over an actor
+    pool of up to ``config.actors`` (a GPU each with ``config.gpu``); only the scores come back."""
+    import ray
+
+    from raypipe.crops import ray_dataset
+    from raypipe.runtime import init_ray
+
+    init_ray(config.address)
+    tracking_uri = configure_tracking(config.tracking_uri)
+    decoded = ray_dataset(config.data, role, plan, loaded.spec, config.datasets, config.batch_size)
+    scored = decoded.map_batches(
+        ScoringActor, fn_constructor_args=(loaded.uri, tracking_uri, "cuda" if config.gpu else "cpu"),
+        batch_size=config.batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=config.actors),
+        num_gpus=1 if config.gpu else 0, num_cpus=0 if config.gpu else 0.5)
+    parts = list(scored.iter_batches(batch_format="numpy", batch_size=None))
+    parts = [p for p in parts if len(p["label"])]
+    if not parts:
+        return Scored(np.zeros(0, np.int64), np.zeros(0, np.float64), np.zeros(0, object)), np.zeros(0, object)
+    join = {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    return (Scored(join["label"].astype(np.int64), join["score"].astype(np.float64),
+                   join["attack_type"].astype(object)), join["sample_id"].astype(object))
 
 
 def _batches(config: EvaluateConfig, role: str, plan: SplitPlan, loaded: LoadedModel) -> Iterator[dict]:

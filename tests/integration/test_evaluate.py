@@ -314,3 +314,13 @@ def test_each_model_of_the_matrix_trains_with_the_template_on_its_datasets():
     assert (built.register, built.promote) == (None, False)  # the matrix registers nothing
     assert (built.model, built.epochs, built.loss, built.seed, built.patience) == ("resnet18", 3, "am_softmax", 7, 2)
     assert template.datasets is None and template.data == "elsewhere"  # the template is not modified
+
+
+@pytest.mark.ray
+def test_scoring_on_a_ray_actor_pool_gives_the_in_process_metrics(ray_session, registered, data):
+    common = dict(model_uri="models:/t/1", data=str(data.root), log_to_mlflow=False, gradcam_per_class=1)
+    here = evaluate_model(EvaluateConfig(**common))
+    pooled = evaluate_model(EvaluateConfig(**common, actors=2, batch_size=3))  # several batches, two actors
+    for key in ("hter", "apcer", "bpcer", "auc", "eer", "n_live", "n_attack", "tp", "fp"):
+        assert pooled[key] == pytest.approx(here[key]), key
+    assert pooled["iso"] == here["iso"]
