@@ -56,7 +56,8 @@ def add_fields(parser: argparse.ArgumentParser, config: type, names: Sequence[st
     for name in names:
         f, kind = fields[name], hints[name]
         args = typing.get_args(kind)
-        base = next((a for a in args if a is not type(None)), kind) if args else kind
+        optional = type(None) in args  # X | None: the flag's type is X (list[str] has args too: not unwrapped)
+        base = next((a for a in args if a is not type(None)), kind) if optional else kind
         has_default = f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
         default = f.default if f.default is not dataclasses.MISSING else None
         help_text = f.metadata.get("help", "")
@@ -94,7 +95,8 @@ def add_address(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------------------
 
-PREPROCESS_FIELDS = ["dataset", "root", "out", "split", "frames_per_video", "every", "limit", "workers"]
+PREPROCESS_FIELDS = ["dataset", "root", "out", "split", "frames_per_video", "every", "limit", "workers", "max_actors",
+                     "resume"]
 FACE_FIELDS = ["expand", "crop_size", "model", "min_score", "png_compression"]
 
 
@@ -175,7 +177,7 @@ def cmd_demo_data(args: argparse.Namespace) -> dict:
 TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "use_gpu", "loss", "pretrained",
                 "freeze_norm",
                 "datasets", "dev_by", "dev_fraction", "threshold_rule", "cross_data", "experiment", "run_name",
-                "register", "promote", "force", "storage_path", "seed", "tracking_uri"]
+                "register", "promote", "force", "storage_path", "seed", "tracking_uri", "resume"]
 
 
 AUGMENT_FIELDS = ["enabled", "affine", "horizontal_flip_p", "brightness", "gamma", "blur_p", "jpeg_p"]
@@ -262,7 +264,8 @@ def add_cross_dataset(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("cross-dataset", help="train on each dataset (and all fused), test on every dataset")
     add_fields(p, CrossDatasetConfig, ["data", "datasets", "out", "experiment", "fused"])
-    add_train_fields(p, [n for n in TRAIN_FIELDS if n not in ("datasets", "experiment", "register", "promote", "force")])
+    add_train_fields(p, [n for n in TRAIN_FIELDS
+                         if n not in ("datasets", "experiment", "register", "promote", "force", "resume")])
     add_address(p)
 
 
@@ -273,6 +276,31 @@ def cmd_cross_dataset(args: argparse.Namespace) -> dict:
 
     config = from_args(CrossDatasetConfig, args, train=train_config(args, data=args.data))
     return cross_dataset(config, address=args.address)
+
+
+BENCHMARK_FIELDS = ["protocol", "roots", "work", "out", "folds", "threshold", "video_score", "frames_per_video",
+                    "experiment", "dry_run"]
+# the benchmark sets these per fold (datasets, experiment, threshold rule) or never does them (registry, cross-data)
+BENCHMARK_TRAIN_FIELDS = [n for n in TRAIN_FIELDS if n not in (
+    "datasets", "experiment", "run_name", "register", "promote", "force", "threshold_rule", "cross_data", "resume")]
+
+
+def add_benchmark(sub: argparse._SubParsersAction) -> None:
+    from raypipe.config import BenchmarkConfig
+
+    p = sub.add_parser("benchmark", help="run a published protocol (OULU-NPU 1-4, leave-one-dataset-out O/C/I/M, "
+                                         "NUAA) or a YAML one: preprocess, train, dev threshold, test, MLflow")
+    add_fields(p, BenchmarkConfig, BENCHMARK_FIELDS)
+    add_train_fields(p, BENCHMARK_TRAIN_FIELDS)
+    add_address(p)
+
+
+@command("benchmark")
+def cmd_benchmark(args: argparse.Namespace) -> dict:
+    from raypipe.config import BenchmarkConfig
+    from raypipe.protocols import run_benchmark
+
+    return run_benchmark(from_args(BenchmarkConfig, args, train=train_config(args, data="")), address=args.address)
 
 
 def add_mlflow_ui(sub: argparse._SubParsersAction) -> None:
@@ -331,8 +359,8 @@ def add_pipeline(sub: argparse._SubParsersAction) -> None:
     from raypipe.config import PreprocessConfig
 
     p = sub.add_parser("pipeline", help="preprocess -> train -> evaluate -> register + promote, as one job")
-    add_fields(p, PreprocessConfig, ["dataset", "root", "out", "split", "limit"])
-    add_train_fields(p, [n for n in TRAIN_FIELDS if n not in ("register", "promote", "experiment")])
+    add_fields(p, PreprocessConfig, ["dataset", "root", "out", "split", "limit", "max_actors"])
+    add_train_fields(p, [n for n in TRAIN_FIELDS if n not in ("register", "promote", "experiment", "resume")])
     # The pipeline's own defaults: it registers and promotes what serve_config.yaml serves.
     p.add_argument("--register", dest="train.register", default="attacknet",
                    help="registered model name (serve_config.yaml serves attacknet) (default: attacknet)")
@@ -351,7 +379,7 @@ def cmd_pipeline(args: argparse.Namespace) -> dict:
 
 
 PARSERS = [add_demo, add_pipeline, add_contact_sheet, add_preprocess, add_train, add_register_pretrained, add_evaluate,
-           add_export, add_cross_dataset, add_mlflow_ui, add_fetch_models, add_demo_data]
+           add_export, add_cross_dataset, add_benchmark, add_mlflow_ui, add_fetch_models, add_demo_data]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -52,7 +52,15 @@ class PreprocessConfig:
     every: int | None = setting(None, "every k-th frame instead of N evenly spaced", exclusive="frame sampling")
     limit: int | None = setting(None, "a deterministic pseudo-random subset of N inputs")
     face: FaceConfig = setting(factory=FaceConfig)
-    workers: int | None = setting(None, "face-cropper actors (default: the cluster's CPUs)")
+    workers: int | None = setting(None, "a fixed pool of N face-cropper actors (default: an autoscaling pool, "
+                                        "see --max-actors)", exclusive="actor pool")
+    # The pool asks at once for an actor per batch up to this (pending actors are what makes an
+    # autoscaler add nodes) and shrinks to 1 as inputs run out (raypipe.preprocess.pool_size);
+    # the default is one per CPU the cluster can grow to (raypipe.runtime.cluster_capacity).
+    max_actors: int | None = setting(None, "the most face-cropper actors of the autoscaling pool (default: one "
+                                           "per CPU the cluster can have)", exclusive="actor pool")
+    resume: bool = setting(False, "continue a run that stopped: keep what it wrote, crop only the inputs "
+                                  "it had not written")
     cpus_per_worker: float = 0.75  # fractional so writers still get CPU on a 2-core laptop
     batch_size: int = 64  # measured: 64 beats 16 by ~8% (fewer tasks, less per-batch Arrow overhead)
     adapter_options: dict[str, Any] = field(default_factory=dict)
@@ -61,6 +69,11 @@ class PreprocessConfig:
         from raypipe.datasets.frames import check_sampling  # lazy: this module stays stdlib + face.py
 
         check_sampling(self.frames_per_video, self.every)  # FrameSamplingError before any Ray work
+        if self.workers is not None and self.max_actors is not None:
+            raise ValueError("give --workers (a fixed pool) or --max-actors (an autoscaling pool), not both")
+        for name, value in (("workers", self.workers), ("max_actors", self.max_actors)):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
 
 
 @dataclass
@@ -108,7 +121,8 @@ class TrainConfig:
     patience: int = setting(10, "early stopping: epochs without a better dev loss")
     weight_decay: float = 0.0
     workers: int = setting(2, "Ray Train workers (DDP)")
-    use_gpu: bool | None = setting(None, "use GPUs (default: when the cluster has them)", flag="--gpu")
+    use_gpu: bool | None = setting(None, "one GPU per worker (default: when the cluster has GPU nodes or its "
+                                         "autoscaler can start them)", flag="--gpu")
     loss: str = setting("ce", "ce, am_softmax, ce+0.1*similarity, ...")
     am_margin: float = 0.35
     cosine_scale: float = 30.0
@@ -134,6 +148,8 @@ class TrainConfig:
     storage_path: str | None = setting(None, "Ray Train checkpoints: local, NFS, s3://, gs:// (default: data/ray_results)")
     max_failures: int = 2
     tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
+    resume: bool = setting(False, "continue the experiment's latest run that stopped (of --run-name, if given) "
+                                  "from its last checkpoint in --storage-path, into the same MLflow run")
 
     def resolved_freeze_norm(self) -> bool:
         return bool(self.pretrained) if self.freeze_norm is None else self.freeze_norm
@@ -192,6 +208,10 @@ class EvaluateConfig:
     out: str | None = setting(None, "also write the metrics JSON and plots here")
     gradcam_per_class: int = setting(4, "Grad-CAM crops per class (0 = none)", flag="--gradcam")
     device: str = setting("auto", "auto (CUDA when present), cpu, cuda, cuda:1, ...")
+    actors: int = setting(0, "score on a Ray Data actor pool of up to this many actors, metrics reduced here "
+                             "(0: score in this process, fastest for thousands of crops)")
+    gpu: bool = setting(False, "with --actors: each scoring actor asks for a GPU (the autoscaler starts GPU nodes)")
+    address: str | None = setting(None, "Ray cluster address for --actors (default: RAY_ADDRESS, else a local cluster)")
     tracking_uri: str | None = setting(None, "MLflow tracking URI (default: MLFLOW_TRACKING_URI, else data/mlflow.db)")
 
 
@@ -208,6 +228,31 @@ class CrossDatasetConfig:
     log_to_mlflow: bool = True
     log_cells: bool = False  # also log one evaluation run (with plots) per cell
     batch_size: int = 256
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(data=""))
+
+
+@dataclass
+class BenchmarkConfig:
+    """A published protocol end to end (``raypipe.protocols``): preprocess what is missing,
+    train each fold, threshold on its dev set, score its test set(s); ``train`` is the
+    template of every fold's training (its ``data``/``datasets``/``experiment`` are set per fold)."""
+
+    protocol: str = required("oulu-p1 ... oulu-p4, ocim-O/C/I/M, nuaa-official, or a protocol YAML file")
+    roots: list[str] = required("dataset roots in their native layout, NAME=PATH (e.g. "
+                                "nuaa=../shared/datasets/nuaa); a bare PATH when the protocol uses one dataset")
+    work: str = setting("data/benchmark", "preprocess outputs, one folder per set of datasets, reused when present")
+    out: str = setting("data/benchmark-results", "results (Markdown, CSV, JSON) and plots go to OUT/<protocol>/")
+    folds: list[str] | None = setting(None, "run only these folds or targets (e.g. 1,2 or M)")
+    threshold: str | None = setting(None, "rule choosing the threshold on the protocol's dev set (default: the "
+                                          "protocol's, eer): eer, apcer:<target>, bpcer:<target> or a number")
+    video_score: str = setting("mean", "a video's score from its frames' spoof probabilities",
+                               choices=VIDEO_SCORE_RULES)
+    frames_per_video: int = setting(5, "evenly spaced frames preprocessed per video")
+    experiment: str = setting("raypipe-benchmark", "MLflow experiment (parent run, a child run per fold)")
+    dry_run: bool = setting(False, "list each fold's datasets and samples per split, then stop (nothing "
+                                   "preprocessed or trained)")
+    log_to_mlflow: bool = True
+    batch_size: int = 256  # scoring
     train: TrainConfig = field(default_factory=lambda: TrainConfig(data=""))
 
 

@@ -11,15 +11,16 @@ are caught per file inside the actor, so a corrupt file never fails a block and 
 drops its neighbours (Ray Data's ``max_errored_blocks`` would drop whole blocks).
 A run writes into a staging directory and then swaps in the (dataset, split)
 partitions it covers, so re-running over the same output replaces rather than
-duplicates, and a crashed run leaves the previous output intact.
+duplicates, and a crashed run leaves the previous output intact (and its staging, which
+``--resume`` continues from).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
-import uuid
 from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
@@ -27,6 +28,7 @@ from typing import Any, Iterator
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pyarrow import fs as pafs
 
 from raypipe import storage
 from raypipe.config import PreprocessConfig
@@ -186,45 +188,144 @@ def list_samples(config: PreprocessConfig) -> tuple[list[dict], dict]:
     return records, adapter.report.summary()
 
 
+class PartitionConflict(ValueError):
+    """The output already holds this dataset cut by other protocol options (OULU-NPU's
+    ``protocol``/``fold``): writing would replace those partitions with rows of another protocol."""
+
+
+#: adapter options that select *which* samples a split holds (not how they are described):
+#: output of one setting must not silently replace output of another.
+PARTITION_OPTIONS = ("protocol", "fold")
+
+
 def run_preprocess(config: PreprocessConfig, address: str | None = None) -> dict:
-    """Run the whole job; returns the summary dict the CLI prints as one JSON line."""
+    """Run the whole job; returns the summary dict the CLI prints as one JSON line.
+
+    The crops are written to a staging directory named after the settings (:func:`run_key`),
+    then swapped into place. A run that fails keeps its staging, so ``--resume`` continues
+    it; a run without ``--resume`` starts that staging over.
+    """
     import ray
 
     started = time.perf_counter()
     records, scan_report = list_samples(config)
     if not records:
         raise ValueError(f"{config.dataset}: no samples for split {config.split!r} under {config.root}")
-    init_ray(address)
     out = storage.absolute(config.out)  # local, shared mount or s3://...: workers write there directly
-    staging = storage.join(out, f"_staging-{uuid.uuid4().hex[:8]}")
+    check_partition_options(out, config)
+    init_ray(address)
+    staging = storage.join(out, f"_staging-{run_key(config)}")
+    done = written_sources(staging) if config.resume else set()
+    if not config.resume:
+        storage.delete_dir(staging)  # what a failed run of these settings left: start over
+    todo = [r for r in records if source_key(r) not in done]
     pipeline_started = time.perf_counter()
+    partitions = {(r["dataset"], r["split"]) for r in records}
     try:
-        _write_staging(records, config, staging, ray)
-        partitions = {(r["dataset"], r["split"]) for r in records}
+        actors = _write_staging(todo, config, staging, ray) if todo else None
         _swap_in(staging, out, partitions)
-    finally:
-        storage.delete_dir(staging)
+    except BaseException:
+        log.warning("preprocess stopped; what it wrote is kept in %s: rerun with --resume to continue",
+                    storage.redact(staging))
+        raise
+    storage.delete_dir(staging)
     seconds = time.perf_counter() - pipeline_started
     summary = summarize(out, partitions, records, scan_report, seconds, time.perf_counter() - started)
+    summary["resumed"] = {"skipped": len(records) - len(todo), "cropped": len(todo)} if config.resume else None
+    summary["actors"] = actors
     _write_manifest(out, config, summary)
     return summary
 
 
-def _write_staging(records: list[dict], config: PreprocessConfig, staging: str, ray) -> None:
-    workers = config.workers or max(1, int(ray.cluster_resources().get("CPU", 1)))
+def run_key(config: PreprocessConfig) -> str:
+    """A digest of every setting that decides the output rows (not how fast they are made):
+    a resumed run only reuses staging written with the same settings."""
+    settings = {"dataset": config.dataset, "root": storage.absolute(config.root), "split": config.split,
+                "limit": config.limit, "options": config.adapter_options, "face": asdict(config.face),
+                "sampling": check_sampling(config.frames_per_video, config.every)}
+    return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
+
+
+def source_key(record: dict) -> tuple[str, str]:
+    """What a written row or reject says was done: one image, or one whole video (its frames
+    and its reject come from one batch)."""
+    return record["dataset"], record["rel_path"]
+
+
+def written_sources(staging: str) -> set[tuple[str, str]]:
+    """The inputs a stopped run finished, read back from its staging Parquet files. A file
+    the crash cut short (no footer) is deleted: its inputs are cropped again."""
+    filesystem, root = storage.resolve(staging)
+    if filesystem.get_file_info(root).type != pafs.FileType.Directory:
+        return set()
+    done: set[tuple[str, str]] = set()
+    for info in filesystem.get_file_info(pafs.FileSelector(root, recursive=True)):
+        if info.type != pafs.FileType.File or not info.path.endswith(".parquet"):
+            continue
+        dataset = next(part.split("=", 1)[1] for part in info.path.split("/") if part.startswith("dataset="))
+        try:
+            table = pq.read_table(info.path, columns=["rel_path"], filesystem=filesystem)
+        except (OSError, pa.ArrowInvalid) as exc:
+            log.warning("resume: dropping an unreadable staging file %s (%s)", info.path, exc)
+            filesystem.delete_file(info.path)
+            continue
+        done |= {(dataset, rel_path) for rel_path in table.column("rel_path").to_pylist()}
+    return done
+
+
+def partition_options(config: PreprocessConfig) -> dict[str, Any]:
+    """The adapter's :data:`PARTITION_OPTIONS` in effect (its defaults filled in)."""
+    adapter = get_adapter(config.dataset, config.root, **config.adapter_options)
+    return {k: v for k, v in adapter.options.items() if k in PARTITION_OPTIONS}
+
+
+def check_partition_options(out: str, config: PreprocessConfig) -> None:
+    """Refuse to replace a dataset's partitions written under other :data:`PARTITION_OPTIONS`
+    (OULU-NPU protocol 2 over protocol 1): readers key crops by dataset and split, so two
+    protocols cannot share one output. Outputs from before options were recorded pass."""
+    previous = storage.read_json(storage.join(out, "manifest.json"), default={}).get(config.dataset) or {}
+    if "partition_options" not in previous:
+        return
+    before, now = previous["partition_options"], partition_options(config)
+    if before != now:
+        raise PartitionConflict(
+            f"{storage.redact(out)} holds {config.dataset} preprocessed with {before}; {now} would replace "
+            "its partitions. Use another --out per protocol/fold.")
+
+
+def pool_size(config: PreprocessConfig, batches: int, capacity: dict[str, float]) -> dict[str, int]:
+    """The face-cropper actor pool: ``--workers N`` is a fixed pool of N. Otherwise the pool
+    asks at once for the actors the work can use: one per batch, at most ``--max-actors``
+    (default: one per CPU the cluster can grow to). Pending actors are what makes the
+    autoscaler start nodes; Ray Data lets idle ones go, down to 1, as the inputs run out."""
+    if config.workers:
+        return {"min": config.workers, "initial": config.workers, "max": config.workers}
+    most = config.max_actors or max(1, int(capacity.get("CPU", 1)))
+    most = max(1, min(most, batches))
+    return {"min": 1, "initial": most, "max": most}
+
+
+def _write_staging(records: list[dict], config: PreprocessConfig, staging: str, ray) -> dict[str, int]:
+    from raypipe.runtime import cluster_capacity
+
     has_video = any(r["media"] != "image" for r in records)
     batch_size = 1 if has_video else config.batch_size  # one video at a time per actor
-    blocks = max(workers * 4, len(records) // max(batch_size * 4, 1))
+    batches = -(-len(records) // batch_size)
+    actors = pool_size(config, batches, cluster_capacity(cpu_work=True))
+    blocks = max(actors["max"] * 4, len(records) // max(batch_size * 4, 1))
     dataset = ray.data.from_items(records, override_num_blocks=min(blocks, len(records)))
     crops = dataset.map_batches(
         FaceCropper,
         fn_constructor_args=(config.face, config.frames_per_video, config.every),
         batch_size=batch_size, batch_format="pyarrow",
-        compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=config.cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(min_size=actors["min"], max_size=actors["max"],
+                                           initial_size=actors["initial"]),
+        num_cpus=config.cpus_per_worker,
     )
     filesystem, staging_path = storage.resolve(staging)
     crops.write_parquet(staging_path, filesystem=filesystem, partition_cols=["status", "dataset", "split"],
                         ray_remote_args={"num_cpus": 0.25})
+    return actors
 
 
 def _partition_dir(base: str, dataset: str, split: str) -> str:
@@ -287,7 +388,8 @@ def _write_manifest(out: str, config: PreprocessConfig, summary: dict) -> None:
     frames_per_video, every = check_sampling(config.frames_per_video, config.every)  # the sampling applied
     manifest[config.dataset] = {"summary": summary, "split": config.split, "root": storage.redact(config.root),
                                 "face": face, "pipeline_version": config.face.version(),
-                                "frames_per_video": frames_per_video, "every": every}
+                                "frames_per_video": frames_per_video, "every": every,
+                                "partition_options": partition_options(config)}
     storage.write_json(path, manifest)
 
 

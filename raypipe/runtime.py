@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import Any, NamedTuple
 
 
 def init_ray(address: str | None = None) -> None:
@@ -19,10 +20,109 @@ def init_ray(address: str | None = None) -> None:
              configure_logging=True, logging_level=logging.WARNING)
 
 
-def cluster_has_gpus() -> bool:
+# --------------------------------------------------------------------------------------
+# What the cluster can grow to. An autoscaling cluster starts small (cluster.yaml and the
+# RayJob: a 0-CPU head, workers from 0), so sizing work by ``ray.cluster_resources()`` at job
+# start asks for one actor on no GPU and the autoscaler is never asked for more.
+
+AUTOSCALING_CONFIG_ENV = "RAYPIPE_AUTOSCALING_CONFIG"  # the autoscaler's cluster config file, if elsewhere
+BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves it on the head (job drivers run there)
+
+
+class NodeTypes(NamedTuple):
+    """What an autoscaler can start: each worker type's resources and how many such nodes
+    there can be, the most worker nodes in all, and the head's own resources."""
+
+    workers: list[tuple[dict[str, float], float]]
+    most_workers: float = float("inf")
+    head: dict[str, float] = {}
+
+
+def config_node_types(config: dict[str, Any]) -> NodeTypes:
+    """The node types of a cluster-launcher config (cluster.yaml's shape). A worker type
+    without ``max_workers`` (and no cluster-wide one) is left out: the config does not say
+    how many there can be."""
+    types = config.get("available_node_types") or {}
+    head = config.get("head_node_type")
+    cap = config.get("max_workers")
+    workers = [(t.get("resources") or {}, t.get("max_workers", cap)) for name, t in types.items() if name != head]
+    return NodeTypes([(r, n) for r, n in workers if n is not None], float("inf") if cap is None else cap,
+                     dict(types.get(head, {}).get("resources") or {}))
+
+
+def max_resources(node_types: NodeTypes, cpu_work: bool = False) -> dict[str, float]:
+    """The most of each resource the head plus ``node_types.most_workers`` worker nodes can
+    provide (for each resource, the worker types richest in it first).
+
+    ``cpu_work``: leave GPU node types out when CPU-only ones exist, as Ray's autoscaler
+    keeps GPU nodes for GPU work; sizing CPU work by their CPUs would start GPU nodes for it.
+    """
+    workers = node_types.workers
+    if cpu_work and any(r.get("CPU", 0) > 0 and not r.get("GPU", 0) for r, _ in workers):
+        workers = [(r, n) for r, n in workers if not r.get("GPU", 0)]
+    totals = {k: float(v) for k, v in node_types.head.items()}
+    for key in {k for resources, _ in workers for k in resources}:
+        left = node_types.most_workers
+        for resources, count in sorted(workers, key=lambda t: -t[0].get(key, 0)):
+            taken = min(count, left)
+            totals[key] = totals.get(key, 0.0) + resources.get(key, 0) * taken
+            left -= taken
+    return totals
+
+
+def autoscaler_node_types() -> NodeTypes | None:
+    """The node types the connected cluster's autoscaler can start; None when none says.
+
+    Autoscaler v2 (KubeRay's default) reports its config to the GCS, where Ray Train and Ray
+    Data read it too (a private API, hence the guard). Autoscaler v1 (`ray up`) does not:
+    its config is the file ``ray up`` leaves on the head, or ``$RAYPIPE_AUTOSCALING_CONFIG``.
+    """
+    from pathlib import Path
+
+    try:
+        from ray._private.state import state
+
+        reported = state.get_cluster_config()
+    except Exception as exc:  # noqa: BLE001 - a private API may move: fall back to the file
+        logging.getLogger(__name__).debug("no cluster config from the GCS: %s", exc)
+        reported = None
+    if reported is not None and reported.node_group_configs:
+        return NodeTypes([(dict(g.resources), float("inf") if g.max_count < 0 else g.max_count)
+                          for g in reported.node_group_configs])
+    path = Path(os.environ.get(AUTOSCALING_CONFIG_ENV) or BOOTSTRAP_CONFIG).expanduser()
+    if not path.is_file():
+        return None
+    import yaml
+
+    return config_node_types(yaml.safe_load(path.read_text()))
+
+
+def cluster_capacity(cpu_work: bool = False) -> dict[str, float]:
+    """The most the connected cluster can offer: what its autoscaler can start (``cpu_work``:
+    see :func:`max_resources`), else what it has now (a cluster without an autoscaler never grows)."""
     import ray
 
-    return ray.cluster_resources().get("GPU", 0) > 0
+    types = autoscaler_node_types()
+    if types is not None:
+        return max_resources(types, cpu_work=cpu_work)
+    return {k: float(v) for k, v in ray.cluster_resources().items()}
+
+
+def check_gpu_workers(workers: int) -> None:
+    """Refuse GPU workers the cluster can never have: Ray Train would wait for them for ever
+    (autoscaler v1 does not tell it the cluster's maximum)."""
+    most = cluster_capacity().get("GPU", 0)
+    if workers > most:
+        raise ValueError(f"{workers} training workers with one GPU each, but the cluster can have at most "
+                         f"{most:g} GPUs: lower --workers, or --no-gpu")
+
+
+def resolve_use_gpu(requested: bool | None) -> bool:
+    """``--gpu/--no-gpu`` when given, else GPUs when the cluster has GPU nodes or its
+    autoscaler can start them (never "has them now": GPU nodes of cluster.yaml start at zero)."""
+    if requested is not None:
+        return requested
+    return cluster_capacity().get("GPU", 0) > 0
 
 
 # --------------------------------------------------------------------------------------

@@ -148,17 +148,72 @@ def build_model_and_loss(config: TrainConfig) -> tuple[nn.Module, nn.Module]:
 # 2. Ray Train V2 loop (runs on every worker)
 
 
-def _broadcast(value: float) -> float:
+def _broadcast(value: float, device: torch.device) -> float:
     """Rank 0's value on every rank: the early-stopping decision must be identical on all
-    ranks or DDP deadlocks (ranks may differ slightly in BatchNorm statistics)."""
+    ranks or DDP deadlocks (ranks may differ slightly in BatchNorm statistics). The tensor
+    lives where the model does: the process group routes CPU tensors to gloo, CUDA ones to NCCL."""
     import torch.distributed as dist
 
-    if not (dist.is_available() and dist.is_initialized()):
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
         return value
-    tensor = torch.tensor([value], dtype=torch.float64,
-                          device="cuda" if dist.get_backend() == "nccl" else "cpu")
+    tensor = torch.tensor([value], dtype=torch.float64, device=device)
     dist.broadcast(tensor, src=0)
     return float(tensor.item())
+
+
+def usable_device(assigned: torch.device) -> tuple[torch.device, str | None]:
+    """The device Ray Train assigned, or the CPU and why when it is a CUDA device this process
+    cannot use (a GPU node whose CUDA is missing or broken, a simulated cluster's fake GPUs)."""
+    if assigned.type == "cuda" and not torch.cuda.is_available():
+        return torch.device("cpu"), (f"a GPU was assigned ({assigned}) but CUDA is not available on this node "
+                                     f"(torch {torch.__version__}): training on CPU")
+    return assigned, None
+
+
+def _cuda_available() -> bool:
+    return torch.cuda.is_available()
+
+
+def torch_config(use_gpu: bool) -> Any:
+    """Ray Train's ``TorchConfig``. For GPU workers the process group runs NCCL when CUDA works
+    on every worker, else gloo: Ray picks NCCL for any GPU worker, and NCCL refuses to start
+    where CUDA is missing (the workers then train on the CPU: :func:`usable_device`). Asked of
+    the workers once they are placed, so no GPU node is started just to ask."""
+    import dataclasses
+
+    from ray.train.torch import TorchConfig
+    from ray.train.torch.config import _TorchBackend  # Ray 2.60's torch backend: its on_start starts the group
+
+    if not use_gpu:
+        return TorchConfig()
+
+    class CudaOrGlooBackend(_TorchBackend):
+        def on_start(self, worker_group: Any, backend_config: Any) -> None:
+            cuda = all(worker_group.execute(_cuda_available))
+            super().on_start(worker_group, dataclasses.replace(backend_config, backend="nccl" if cuda else "gloo"))
+
+    @dataclasses.dataclass
+    class GpuTorchConfig(TorchConfig):
+        @property
+        def backend_cls(self) -> type:
+            return CudaOrGlooBackend
+
+    return GpuTorchConfig()
+
+
+def keeps_last_batch(train_rows: int, workers: int, batch_size: int) -> bool:
+    """Whether each worker keeps its last, partial training batch.
+
+    It is dropped (a batch of one breaks BatchNorm in training mode, MiniFASNet's 1x1 maps),
+    unless a worker's share of the rows is smaller than one batch: dropping would leave that
+    worker nothing to train on (loss 0.0 and 0 samples/s every epoch). A share under 2 rows
+    cannot train at all.
+    """
+    share = train_rows // max(workers, 1)  # Ray splits train into equal shares (DataConfig: equal=True)
+    if share < 2:
+        raise ValueError(f"{train_rows} training rows over {workers} workers leave {share} per worker; BatchNorm "
+                         "needs at least 2: use fewer --workers or more data")
+    return share < batch_size
 
 
 def _restore(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -205,11 +260,14 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     config: TrainConfig = loop_config["config"]
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(config.seed + rank)
-    device = ray.train.torch.get_device()
+    device, fallback = usable_device(ray.train.torch.get_device())
+    if fallback:
+        log.warning("rank %d: %s", rank, fallback)
     model, loss_fn = build_model_and_loss(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = _restore(model, optimizer)
-    model = ray.train.torch.prepare_model(model)
+    state["device"] = {"type": device.type, "fallback": fallback}  # the driver reports it from the checkpoint
+    model = ray.train.torch.prepare_model(model, move_to_device=device)
     spec = unwrap_model(model).spec
     train_transform = build_transforms(spec, config.augment, train=True)
     eval_transform = build_transforms(spec, None, train=False)
@@ -221,15 +279,15 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     for epoch in range(state["epoch"] + 1, config.epochs):
         train_batches = ray.train.get_dataset_shard("train").iter_torch_batches(
             batch_size=config.batch_size, collate_fn=collate, local_shuffle_buffer_size=4 * config.batch_size,
-            local_shuffle_seed=config.seed + epoch * 100 + rank, pin_memory=pin,
-            drop_last=True)  # a last batch of one breaks BatchNorm in training mode (MiniFASNet's 1x1 maps)
+            local_shuffle_seed=config.seed + epoch * 100 + rank, pin_memory=pin, device=device,
+            drop_last=not loop_config.get("keep_last_batch", False))  # see keeps_last_batch
         dev_batches = ray.train.get_dataset_shard("dev").iter_torch_batches(
-            batch_size=256, collate_fn=collate, pin_memory=pin)
+            batch_size=256, collate_fn=collate, pin_memory=pin, device=device)
         started = time.perf_counter()
         train_result = train_one_epoch(model, train_batches, loss_fn, optimizer, train_transform, device,
                                        freeze_norm=config.resolved_freeze_norm())
         dev_result = evaluate(model, dev_batches, loss_fn, eval_transform, device)
-        dev_loss = _broadcast(dev_result["loss"])
+        dev_loss = _broadcast(dev_result["loss"], device)
         decision = early_stopping(state["best_loss"], state["bad_epochs"], dev_loss, config.patience)
         state["bad_epochs"] = decision.bad_epochs
         if decision.improved:
@@ -376,8 +434,8 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
     from ray.train.torch import TorchTrainer
 
     from raypipe import crops
-    from raypipe.models.store import configure_tracking, ensure_experiment
-    from raypipe.runtime import check_tracking_reachable, cluster_has_gpus, init_ray
+    from raypipe.models.store import configure_tracking
+    from raypipe.runtime import check_gpu_workers, check_tracking_reachable, init_ray, resolve_use_gpu
 
     started = time.perf_counter()
     tracking_uri = configure_tracking(config.tracking_uri)
@@ -391,8 +449,13 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
     log.info("dev split: %s", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items()))
     counts = crops.role_counts(index, plan)
     _check_roles(counts)
+    keep_last_batch = keeps_last_batch(sum(counts["train"].values()), config.workers, config.batch_size)
+    storage_path = config.storage_path or _default_storage()
+    resumed_run = find_run_to_resume(config, storage_path) if config.resume else None
     init_ray(address)
-    use_gpu = cluster_has_gpus() if config.use_gpu is None else config.use_gpu
+    use_gpu = resolve_use_gpu(config.use_gpu)
+    if use_gpu:
+        check_gpu_workers(config.workers)
     check_tracking_reachable(tracking_uri, use_gpu)  # rank 0 logs there from wherever it runs
     spec = get_spec(config.model)
     # Rows are stored in the adapter's order (NUAA: every live image, then every attack), and a
@@ -401,17 +464,21 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
     datasets["train"] = datasets["train"].random_shuffle(seed=config.seed)
     datasets = {role: ds.materialize() for role, ds in datasets.items()}
 
-    with mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=config.run_name) as run:
-        mlflow.log_params(_params(config, counts, index))
-        mlflow.log_dict({"split_plan": plan.to_dict(), "dev": plan.describe(), "rows": counts}, "data_manifest.json")
-        mlflow.set_tag("raypipe.dev_rule", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items())[:5000])
+    with _start_run(config, resumed_run) as run:
+        if resumed_run is None:
+            mlflow.log_params(_params(config, counts, index))
+            mlflow.log_dict({"split_plan": plan.to_dict(), "dev": plan.describe(), "rows": counts},
+                            "data_manifest.json")
+            mlflow.set_tag("raypipe.dev_rule", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items())[:5000])
         progress = EpochProgress(config.epochs)
         trainer = TorchTrainer(
             train_loop_per_worker,
-            train_loop_config={"config": config, "run_id": run.info.run_id, "tracking_uri": tracking_uri},
+            train_loop_config={"config": config, "run_id": run.info.run_id, "tracking_uri": tracking_uri,
+                               "keep_last_batch": keep_last_batch},
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
-            run_config=RunConfig(name=f"{config.experiment}-{run.info.run_id[:12]}",
-                                 storage_path=config.storage_path or _default_storage(),
+            torch_config=torch_config(use_gpu),
+            run_config=RunConfig(name=train_run_name(config.experiment, run.info.run_id),
+                                 storage_path=storage_path,
                                  failure_config=FailureConfig(max_failures=config.max_failures),
                                  checkpoint_config=CheckpointConfig(num_to_keep=2),
                                  callbacks=[progress.callback()]),
@@ -421,12 +488,66 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
         with progress:
             result = _fit_keeping_sigint_handler(trainer)
         state = _load_final_state(result.checkpoint)
-        summary = _finish_run(config, state, run.info.run_id, use_gpu, face)
+        device = state.get("device") or {"type": "cuda" if use_gpu else "cpu", "fallback": None}
+        if device["fallback"]:
+            print(f"raypipe train: {device['fallback']}", file=sys.stderr, flush=True)
+        summary = _finish_run(config, state, run.info.run_id, device["type"] == "cuda", face)
+        summary.update(requested_gpu=use_gpu, device=device["type"], resumed=resumed_run is not None)
         summary["dev_rule"] = plan.describe()
         summary["train_samples_per_second"] = _throughput(state["history"], counts["train"])
         mlflow.log_metric("train_samples_per_second", summary["train_samples_per_second"])
     summary["seconds"] = round(time.perf_counter() - started, 2)
     return summary
+
+
+class NothingToResume(ValueError):
+    """``--resume`` found no run of the experiment that stopped with a checkpoint to go on from."""
+
+
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"  # Ray Train V2's record of a run's checkpoints
+
+
+def train_run_name(experiment: str, run_id: str) -> str:
+    """The Ray Train run (a folder of ``--storage-path``) of one MLflow run: Ray Train V2
+    resumes a run started again with the same name and storage path from its last checkpoint."""
+    return f"{experiment}-{run_id[:12]}"
+
+
+def find_run_to_resume(config: TrainConfig, storage_path: str) -> str:
+    """The MLflow run ``--resume`` continues: the experiment's latest run (named ``--run-name``,
+    when given) that did not finish and left Ray Train checkpoints in ``storage_path``."""
+    import mlflow
+
+    from raypipe import storage
+
+    client = mlflow.MlflowClient()
+    experiment = client.get_experiment_by_name(config.experiment)
+    runs = client.search_runs([experiment.experiment_id], order_by=["attributes.start_time DESC"],
+                              max_results=100) if experiment else []
+    for run in runs:
+        if run.info.status == "FINISHED" or (config.run_name and run.info.run_name != config.run_name):
+            continue
+        snapshot = storage.join(storage.absolute(storage_path), train_run_name(config.experiment, run.info.run_id),
+                                SNAPSHOT_FILE)
+        filesystem, path = storage.resolve(snapshot)
+        if filesystem.get_file_info(path).is_file:
+            log.info("resuming MLflow run %s (%s) from %s", run.info.run_id, run.info.status,
+                     storage.redact(snapshot))
+            return run.info.run_id
+    named = f" named {config.run_name!r}" if config.run_name else ""
+    raise NothingToResume(f"--resume: experiment {config.experiment!r} has no unfinished run{named} with "
+                          f"checkpoints in {storage.redact(storage_path)} (was it started with another "
+                          "--storage-path or --experiment?)")
+
+
+def _start_run(config: TrainConfig, resumed_run: str | None) -> Any:
+    import mlflow
+
+    from raypipe.models.store import ensure_experiment
+
+    if resumed_run:
+        return mlflow.start_run(run_id=resumed_run)
+    return mlflow.start_run(experiment_id=ensure_experiment(config.experiment), run_name=config.run_name)
 
 
 def _fit_keeping_sigint_handler(trainer: Any) -> Any:

@@ -190,3 +190,16 @@ def test_the_image_installs_the_pinned_torch_and_the_job_scripts():
     dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{ray.__version__}-py311" in dockerfile
     assert torch_pin() in dockerfile and "COPY --chown=ray:users jobs ./jobs" in dockerfile
+
+
+def test_the_rayjob_asks_for_what_its_worker_groups_can_start():
+    """At job start only the 0-CPU head runs: the actor pool and the GPUs come from the flags,
+    sized by the worker groups the autoscaler can start."""
+    job = load(K8S / "rayjob.yaml")["spec"]
+    args = vars(build_parser().parse_args(["pipeline", *shlex.split(job["entrypoint"])[2:]]))
+    groups = {g["groupName"]: g for g in job["rayClusterSpec"]["workerGroupSpecs"]}
+    cores = lambda g: int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"])  # noqa: E731
+    gpus = lambda g: int(g["template"]["spec"]["containers"][0]["resources"]["limits"].get("nvidia.com/gpu", 0))  # noqa: E731
+    assert args["max_actors"] == cores(groups["cpu"]) * groups["cpu"]["maxReplicas"]
+    assert args["train.use_gpu"] is True
+    assert args["train.workers"] <= gpus(groups["gpu"]) * groups["gpu"]["maxReplicas"]  # else training waits forever

@@ -93,3 +93,63 @@ def test_training_refuses_before_building_any_dataset(two_machines, monkeypatch,
     config = TrainConfig(data=str(data.root), use_gpu=False, tracking_uri=f"sqlite:///{tmp_path / 'm.db'}")
     with pytest.raises(TrackingStoreUnreachable, match="MLFLOW_TRACKING_URI"):
         run_training(config)
+
+
+# ------------------------------------------------------------------------- what the cluster can grow to
+
+
+def cluster_yaml() -> dict:
+    import yaml
+
+    from tests.unit.test_deploy_configs import ROOT
+
+    return yaml.safe_load((ROOT / "cluster.yaml").read_text())
+
+
+def test_cluster_yaml_can_grow_to_its_worker_types_within_max_workers():
+    """6 CPU nodes x 8 + 4 GPU nodes x 4 CPUs: 64 CPUs and 4 GPUs, though the head alone has 0."""
+    assert runtime.max_resources(runtime.config_node_types(cluster_yaml())) == {"CPU": 64.0, "GPU": 4.0}
+
+
+def test_cpu_work_is_sized_by_the_cpu_only_types():
+    """Ray's autoscaler keeps GPU nodes for GPU work: counting their CPUs would start them for preprocessing."""
+    assert runtime.max_resources(runtime.config_node_types(cluster_yaml()), cpu_work=True) == {"CPU": 48.0}
+
+
+def test_the_cluster_wide_max_workers_caps_the_richest_types_first():
+    config = {"head_node_type": "head", "max_workers": 3,
+              "available_node_types": {"head": {"resources": {"CPU": 0}},
+                                       "big": {"resources": {"CPU": 16}, "max_workers": 2},
+                                       "small": {"resources": {"CPU": 2}, "max_workers": 5},
+                                       "uncapped": {"resources": {"CPU": 99}}}}  # counted under the cluster's 3
+    assert runtime.max_resources(runtime.config_node_types(config)) == {"CPU": 99 * 3 + 0.0}
+    del config["max_workers"]  # no cap anywhere: a type without max_workers cannot be counted
+    assert runtime.max_resources(runtime.config_node_types(config)) == {"CPU": 16 * 2 + 2 * 5 + 0.0}
+
+
+def test_the_autoscaler_config_file_decides_gpus_before_any_gpu_node_runs(monkeypatch, tmp_path):
+    import json
+
+    import ray
+
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(json.dumps(cluster_yaml()))
+    monkeypatch.setenv(runtime.AUTOSCALING_CONFIG_ENV, str(path))
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 0.0})  # only the 0-CPU head is up
+    assert runtime.cluster_capacity(cpu_work=True) == {"CPU": 48.0}
+    assert runtime.resolve_use_gpu(None) is True
+    assert runtime.resolve_use_gpu(False) is False
+    monkeypatch.setenv(runtime.AUTOSCALING_CONFIG_ENV, str(tmp_path / "absent.yaml"))  # no autoscaler: what runs
+    assert runtime.cluster_capacity() == {"CPU": 0.0}
+    assert runtime.resolve_use_gpu(None) is False
+
+
+def test_more_gpu_workers_than_the_cluster_can_have_are_refused(monkeypatch, tmp_path):
+    import json
+
+    path = tmp_path / "bootstrap.yaml"
+    path.write_text(json.dumps(cluster_yaml()))  # 4 T4 nodes at most
+    monkeypatch.setenv(runtime.AUTOSCALING_CONFIG_ENV, str(path))
+    runtime.check_gpu_workers(4)
+    with pytest.raises(ValueError, match="at most 4 GPUs"):
+        runtime.check_gpu_workers(5)

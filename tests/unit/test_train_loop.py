@@ -95,7 +95,9 @@ def test_fine_tuning_keeps_batchnorm_statistics_fixed(small_data):
 
 
 @pytest.mark.parametrize("change, error", [({"cross_data": "/nowhere"}, FileNotFoundError),
-                                           ({"threshold_rule": "median"}, ValueError)])
+                                           ({"threshold_rule": "median"}, ValueError),
+                                           ({"workers": 40}, ValueError),  # under 2 training rows per worker
+                                           ({"resume": True}, ValueError)])  # nothing stopped to resume
 def test_bad_settings_fail_before_any_training(small_data, tmp_path, monkeypatch, change, error):
     from raypipe import runtime
     from raypipe.train import run_training
@@ -158,3 +160,88 @@ def test_progress_sums_throughput_over_workers_and_keeps_rank_zero_losses():
     merged = merge_worker_metrics([{"epoch": 1, "train_loss": 0.5, "train_samples_per_second": 100.0},
                                    {"epoch": 1, "train_loss": 0.7, "train_samples_per_second": 90.0}])
     assert merged == {"epoch": 1, "train_loss": 0.5, "train_samples_per_second": 190.0}
+
+
+# -- a share smaller than one batch, GPUs without CUDA, resuming a stopped run ---------------------
+
+
+@pytest.mark.parametrize("rows, workers, batch_size, keep", [
+    (1000, 2, 64, False),  # full batches: the last partial one is dropped (a batch of one breaks BatchNorm)
+    (40, 1, 64, True),  # one worker's share is under one batch: dropping it would train on nothing
+    (100, 2, 64, True),  # 50 rows per worker
+    (129, 2, 64, False),  # 64 per worker: exactly one full batch
+])
+def test_the_last_batch_is_kept_only_when_a_share_is_under_one_batch(rows, workers, batch_size, keep):
+    from raypipe.train import keeps_last_batch
+
+    assert keeps_last_batch(rows, workers, batch_size) is keep
+
+
+def test_a_share_under_two_rows_fails_early():
+    from raypipe.train import keeps_last_batch
+
+    with pytest.raises(ValueError, match="fewer --workers"):
+        keeps_last_batch(3, 2, 64)
+
+
+def test_a_tiny_share_still_trains_on_every_row(small_data):
+    """The bug: 1 worker, 48 rows, batches of 64 and drop_last: 0 samples, loss 0.0 every epoch."""
+    from raypipe.train import keeps_last_batch
+
+    spec = get_spec("attacknet")
+    model, loss_fn = build_model_and_loss(TrainConfig(data="", model="attacknet"))
+    index = crops.read_index(small_data.root)
+    plan = crops.plan_splits(index)
+    rows = int((plan.roles(index) == "train").sum())
+    assert rows < 64
+    drop_last = not keeps_last_batch(rows, 1, 64)
+    batches = [collate(b) for b in crops.iter_local_batches(small_data.root, "train", plan, spec, batch_size=64)]
+    kept = [b for b in batches if not drop_last or len(b["label"]) == 64]
+    result = train_one_epoch(model, kept, loss_fn, torch.optim.Adam(model.parameters()),
+                             build_transforms(spec, None, train=True), torch.device("cpu"))
+    assert result["n"] == rows and result["loss"] > 0
+
+
+def test_a_gpu_without_cuda_falls_back_to_the_cpu_and_says_why(monkeypatch):
+    from raypipe.train import usable_device
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    device, why = usable_device(torch.device("cuda:0"))
+    assert device == torch.device("cpu") and "CUDA is not available" in why
+    assert usable_device(torch.device("cpu")) == (torch.device("cpu"), None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert usable_device(torch.device("cuda:0")) == (torch.device("cuda:0"), None)
+
+
+def test_resume_picks_the_latest_stopped_run_with_checkpoints(tmp_path, request):
+    """The run Ray Train V2 resumes is ``--storage-path``/<experiment>-<run id>; ``--resume`` finds
+    the MLflow run whose folder holds Ray Train's checkpoint snapshot."""
+    import mlflow
+
+    from raypipe.models.store import configure_tracking, ensure_experiment
+    from raypipe.train import SNAPSHOT_FILE, NothingToResume, find_run_to_resume, train_run_name
+
+    configure_tracking(f"sqlite:///{tmp_path / 'm.db'}")
+    request.addfinalizer(lambda: mlflow.set_tracking_uri(None))  # other tests keep their own store
+    experiment = ensure_experiment("resume")
+    storage = tmp_path / "ray_results"
+    runs = {}
+    for name, status in (("finished", "FINISHED"), ("crashed", "RUNNING"), ("no-checkpoint", "FAILED"),
+                         ("other", "KILLED")):
+        with mlflow.start_run(experiment_id=experiment, run_name=name) as run:
+            runs[name] = run.info.run_id
+        mlflow.MlflowClient().set_terminated(run.info.run_id, status)
+        if name != "no-checkpoint":
+            folder = storage / train_run_name("resume", run.info.run_id)
+            folder.mkdir(parents=True)
+            (folder / SNAPSHOT_FILE).write_text("{}")
+    config = TrainConfig(data="", experiment="resume", resume=True)
+    assert find_run_to_resume(config, str(storage)) == runs["other"]  # the latest stopped one
+    config.run_name = "crashed"
+    assert find_run_to_resume(config, str(storage)) == runs["crashed"]
+    for name in ("finished", "no-checkpoint"):
+        config.run_name = name
+        with pytest.raises(NothingToResume, match="--storage-path"):
+            find_run_to_resume(config, str(storage))
+    with pytest.raises(NothingToResume):
+        find_run_to_resume(TrainConfig(data="", experiment="never-ran"), str(storage))
