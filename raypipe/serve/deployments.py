@@ -102,6 +102,7 @@ class ServedModelHolder:
         self.runtime, self.precision, self.refresh_s = MODEL_DEFAULTS["runtime"], MODEL_DEFAULTS["precision"], 0.0
         self._model_key: dict | None = None  # the user_config minus batching and refresh settings
         self._follower: asyncio.Task | None = None
+        self._switching = asyncio.Lock()  # one load-and-swap at a time: a reconfigure or the follower
         self.load_s: float | None = None
         self.metrics = ClassifierMetrics()
 
@@ -112,17 +113,19 @@ class ServedModelHolder:
         self.refresh_s = float(user_config.get("model_refresh_s", MODEL_DEFAULTS["model_refresh_s"]))
         model_key = {k: v for k, v in user_config.items() if k not in LIGHT_SETTINGS}
         if model_key != self._model_key:
-            self.model_uri, self.runtime = user_config["model_uri"], user_config.get("runtime", MODEL_DEFAULTS["runtime"])
-            self.precision = user_config.get("precision", MODEL_DEFAULTS["precision"])
-            resolved = user_config.get("model") or await self._ask_resolver()
-            await self._load(ServedModel.from_dict(resolved))
-            self._model_key = model_key
+            async with self._switching:
+                self.model_uri, self.runtime = user_config["model_uri"], user_config.get("runtime",
+                                                                                          MODEL_DEFAULTS["runtime"])
+                self.precision = user_config.get("precision", MODEL_DEFAULTS["precision"])
+                resolved = user_config.get("model") or await self._ask_resolver(self.model_uri)
+                await self._load(ServedModel.from_dict(resolved))
+                self._model_key = model_key
         self._follow_alias()
 
-    async def _ask_resolver(self) -> dict:
+    async def _ask_resolver(self, uri: str) -> dict:
         if self.resolver is None:  # built without one (tests): resolve here, importing MLflow
-            return await asyncio.to_thread(lambda: resolve_served_model(self.model_uri, self.tracking_uri).to_dict())
-        return await self.resolver.resolve.remote(self.model_uri)
+            return await asyncio.to_thread(lambda: resolve_served_model(uri, self.tracking_uri).to_dict())
+        return await self.resolver.resolve.remote(uri)
 
     async def _load(self, served: ServedModel) -> None:
         start = time.perf_counter()
@@ -141,12 +144,18 @@ class ServedModelHolder:
     async def _follow(self) -> None:
         """Check at once (the build-time answer may be stale after a scale-from-zero), then every interval."""
         while self.refresh_s > 0 and "@" in (self.model_uri or ""):
+            uri = self.model_uri
             try:
-                served = ServedModel.from_dict(await self._ask_resolver())
-                if self.served is None or (served.name, served.version) != (self.served.name, self.served.version):
-                    log.info("%s now names version %s (serving %s): switching", self.model_uri, served.version,
-                             self.served.version if self.served else None)
-                    await self._load(served)
+                served = ServedModel.from_dict(await self._ask_resolver(uri))
+                async with self._switching:
+                    # A reconfigure may have changed the model while the resolver answered: an
+                    # answer about the previous URI must not undo it.
+                    current = self.served
+                    if uri == self.model_uri and (current is None or (served.name, served.version) !=
+                                                  (current.name, current.version)):
+                        log.info("%s now names version %s (serving %s): switching", uri, served.version,
+                                 current.version if current else None)
+                        await self._load(served)
             except Exception as exc:  # noqa: BLE001 - registry down, bad new version: keep serving the current one
                 log.warning("could not follow %s: %s: %s", self.model_uri, type(exc).__name__, exc)
             await asyncio.sleep(self.refresh_s)

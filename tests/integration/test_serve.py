@@ -716,6 +716,43 @@ def switch_config(registry: dict, name: str, prefix: str, model_uri: str | None)
     return {"applications": [app]}
 
 
+class VersionedLoad:
+    """Concurrent clients posting ``body`` until stopped; each answer recorded as
+    (time, HTTP status or -1, the model version that answered or the error's name)."""
+
+    def __init__(self, url: str, body: dict, clients: int = 4) -> None:
+        self.url, self.body, self.results = url, body, []
+        self.stop = threading.Event()
+        self.workers = [threading.Thread(target=self._hammer) for _ in range(clients)]
+
+    def _hammer(self) -> None:
+        with httpx.Client(base_url=self.url, timeout=120) as c:
+            while not self.stop.is_set():
+                try:
+                    r = c.post("/v1/detect", json=self.body)
+                    self.results.append((time.time(), r.status_code,
+                                         r.json()["model"]["version"] if r.status_code == 200 else None))
+                except httpx.HTTPError as exc:
+                    self.results.append((time.time(), -1, type(exc).__name__))
+
+    def start(self) -> VersionedLoad:
+        for w in self.workers:
+            w.start()
+        return self
+
+    def finish(self) -> None:
+        self.stop.set()
+        for w in self.workers:
+            if w.ident is not None:  # started
+                w.join(timeout=150)
+
+    def failed(self) -> list:
+        return [r for r in self.results if r[1] != 200]
+
+    def versions(self) -> list:
+        return [r[2] for r in self.results]
+
+
 @pytest.mark.slow
 def test_model_switch_under_load_drops_no_request(serve_url, registry):
     """Deployed from serve_config.yaml like `serve deploy`; then only the Classifier's
@@ -729,46 +766,29 @@ def test_model_switch_under_load_drops_no_request(serve_url, registry):
     deploy(ServeDeploySchema.model_validate(switch_config(registry, name, prefix, None)))
     wait_app(name, "RUNNING")
     body = {"image": b64(encode(astronaut_rgb(), quality=92))}
-    results: list[tuple[float, int, str | None]] = []
-    stop = threading.Event()
-
-    def hammer() -> None:
-        with httpx.Client(base_url=serve_url + prefix, timeout=120) as c:
-            while not stop.is_set():
-                try:
-                    r = c.post("/v1/detect", json=body)
-                    version = r.json()["model"]["version"] if r.status_code == 200 else None
-                    results.append((time.time(), r.status_code, version))
-                except httpx.HTTPError as exc:
-                    results.append((time.time(), -1, type(exc).__name__))
-
+    load = VersionedLoad(serve_url + prefix, body)
     try:
         with httpx.Client(base_url=serve_url + prefix, timeout=180) as c:
             assert c.post("/v1/detect", json=body).json()["model"]["version"] == "1"
-        workers = [threading.Thread(target=hammer) for _ in range(4)]
-        for w in workers:
-            w.start()
+        load.start()
         time.sleep(5)
         switched_at = time.time()
         deploy(ServeDeploySchema.model_validate(switch_config(registry, name, prefix, registry["v2"])))
         deadline = time.time() + 120
-        while time.time() < deadline and not [r for r in results if r[0] > switched_at and r[2] == "2"]:
+        while time.time() < deadline and not [r for r in load.results if r[0] > switched_at and r[2] == "2"]:
             time.sleep(0.5)
         time.sleep(5)  # keep the load on after the switch
-        stop.set()
-        for w in workers:
-            w.join(timeout=150)
-        failed = [r for r in results if r[1] != 200]
-        versions = [r[2] for r in results]
-        assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
+        load.finish()
+        failed, versions = load.failed(), load.versions()
+        assert not failed, f"{len(failed)} of {len(versions)} requests failed: {failed[:5]}"
         assert "1" in versions and "2" in versions, set(versions)
         first_v2 = versions.index("2")
         assert set(versions[first_v2 + 8:]) == {"2"}  # once switched, it stays switched (in-flight aside)
         replicas = serve.status().applications[name].deployments["Classifier"].replica_states
         assert replicas.get("RUNNING") == 1  # reconfigured in place, not replaced
-        print(f"{len(results)} requests, none failed; v2 from request {first_v2}")
+        print(f"{len(versions)} requests, none failed; v2 from request {first_v2}")
     finally:
-        stop.set()
+        load.finish()
         serve.delete(name)
 
 
@@ -794,48 +814,32 @@ def test_a_promotion_rolls_out_to_running_replicas_under_load(serve_url, registr
                 "rate_limit_per_s": 0, "model_refresh_s": refresh_s}
     run_app(name, prefix, settings, _options())
     body = {"image": b64(encode(astronaut_rgb(), quality=92))}
-    results: list[tuple[float, int, str | None]] = []
-    stop = threading.Event()
-
-    def hammer() -> None:
-        with httpx.Client(base_url=serve_url + prefix, timeout=120) as c:
-            while not stop.is_set():
-                try:
-                    r = c.post("/v1/detect", json=body)
-                    results.append((time.time(), r.status_code, r.json()["model"]["version"] if r.is_success else None))
-                except httpx.HTTPError as exc:
-                    results.append((time.time(), -1, type(exc).__name__))
-
-    workers = [threading.Thread(target=hammer) for _ in range(4)]
+    load = VersionedLoad(serve_url + prefix, body)
     try:
         with httpx.Client(base_url=serve_url + prefix, timeout=180) as c:
             assert c.post("/v1/detect", json=body).json()["model"]["version"] == "1"
-        for w in workers:
-            w.start()
+        load.start()
         time.sleep(3)
         moved_at = time.time()
         mlflow.MlflowClient().set_registered_model_alias("follow", CHAMPION, "2")
         deadline = moved_at + 60
-        while time.time() < deadline and not [r for r in results if r[2] == "2"]:
+        while time.time() < deadline and "2" not in load.versions():
             time.sleep(0.2)
         time.sleep(3)  # keep the load on after the switch
-        stop.set()
-        for w in workers:
-            w.join(timeout=150)
-        failed = [r for r in results if r[1] != 200]
-        assert not failed, f"{len(failed)} of {len(results)} requests failed: {failed[:5]}"
-        versions = [r[2] for r in results]
+        load.finish()
+        failed, versions = load.failed(), load.versions()
+        assert not failed, f"{len(failed)} of {len(versions)} requests failed: {failed[:5]}"
         assert "1" in versions and "2" in versions, set(versions)
         first_v2 = versions.index("2")
-        switch_s = results[first_v2][0] - moved_at
+        switch_s = load.results[first_v2][0] - moved_at
         # refresh interval + loading the ONNX file + the request's own time, on 2 loaded cores
         assert switch_s < refresh_s + 15, f"followed the alias only after {switch_s:.1f} s"
         assert set(versions[first_v2 + 8:]) == {"2"}
         replicas = serve.status().applications[name].deployments["Classifier"].replica_states
         assert replicas.get("RUNNING") == 1  # switched in place: no redeploy, no new replica
-        print(f"{len(results)} requests, none failed; the alias was followed in {switch_s:.1f} s")
+        print(f"{len(versions)} requests, none failed; the alias was followed in {switch_s:.1f} s")
     finally:
-        stop.set()
+        load.finish()
         serve.delete(name)
 
 
