@@ -349,6 +349,9 @@ def bench(args, model_uri: str, tracking_uri: str, body: bytes) -> dict:
             out["serve"]["modes"][mode].update(median_of(out["serve"]["modes"][mode]["rounds"]))
         out["serve"]["cold_start"] = cold_starts(url, body, {**base, **MODES[modes[0]]}, args.cold_repeats)
         print(f"cold start: {out['serve']['cold_start']}", flush=True)
+        for mode in [m for m in args.cold_modes.split(",") if m and m != modes[0]]:
+            out["serve"][f"cold_start_{mode}"] = cold_starts(url, body, {**base, **MODES[mode]}, args.cold_repeats)
+            print(f"cold start ({mode}): {out['serve'][f'cold_start_{mode}']}", flush=True)
         for runtime in [r for r in args.cold_runtimes.split(",") if r and r != args.runtime]:
             out["serve"][f"cold_start_{runtime}"] = cold_starts(
                 url, body, {**base, **MODES[modes[0]], "runtime": runtime}, args.cold_repeats)
@@ -406,6 +409,7 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="skip the load and kill tests")
     parser.add_argument("--runtime", default="onnx", choices=("onnx", "torch"), help="Classifier runtime (both servers)")
     parser.add_argument("--cold-runtimes", default="onnx,torch", help="runtimes whose cold start is measured")
+    parser.add_argument("--cold-modes", default="ingress,one-hop", help="graph cuts whose cold start is measured")
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "serve.json"))
     args = parser.parse_args()
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
