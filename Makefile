@@ -16,7 +16,7 @@ demo: setup
 	.venv/bin/raypipe demo
 
 test: setup-test
-	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest -q
+	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest -q --durations=30
 
 test-fast: setup-test
 	RAY_AUTH_MODE=disabled .venv/bin/python -m pytest -q -m "not slow"

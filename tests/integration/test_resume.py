@@ -47,7 +47,11 @@ def test_preprocess_resume_crops_only_what_the_crashed_run_had_not_written(ray_s
     class CrashingCropper(FaceCropper):  # defined here: Ray ships it to the actor by value
         def process_record(self, record):
             if record["rel_path"] == CRASHING:  # a reader bug that escapes the per-file guard
-                time.sleep(3)  # the earlier batches' writes finish meanwhile
+                # The crash comes once an earlier batch's write has landed, however busy the
+                # cluster is (a fixed sleep was not always enough under CI load).
+                deadline = time.monotonic() + 120
+                while not any(Path(config.out).glob("_staging-*/**/*.parquet")) and time.monotonic() < deadline:
+                    time.sleep(0.2)
                 raise RuntimeError("reader crashed")
             return super().process_record(record)
 
