@@ -279,7 +279,7 @@ def cmd_cross_dataset(args: argparse.Namespace) -> dict:
 
 
 BENCHMARK_FIELDS = ["protocol", "roots", "work", "out", "folds", "threshold", "video_score", "frames_per_video",
-                    "experiment", "dry_run"]
+                    "experiment", "dry_run", "concurrent_folds"]
 # the benchmark sets these per fold (datasets, experiment, threshold rule) or never does them (registry, cross-data)
 BENCHMARK_TRAIN_FIELDS = [n for n in TRAIN_FIELDS if n not in (
     "datasets", "experiment", "run_name", "register", "promote", "force", "threshold_rule", "cross_data", "resume")]

@@ -249,6 +249,9 @@ class BenchmarkConfig:
                                choices=VIDEO_SCORE_RULES)
     frames_per_video: int = setting(5, "evenly spaced frames preprocessed per video")
     experiment: str = setting("raypipe-benchmark", "MLflow experiment (parent run, a child run per fold)")
+    concurrent_folds: int | None = setting(None, "folds trained side by side, each in a Ray task (default: as "
+                                                 "many trainings as the cluster can hold; 1: one after another "
+                                                 "on the driver)")
     dry_run: bool = setting(False, "list each fold's datasets and samples per split, then stop (nothing "
                                    "preprocessed or trained)")
     log_to_mlflow: bool = True

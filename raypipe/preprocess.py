@@ -13,6 +13,9 @@ A run writes into a staging directory and then swaps in the (dataset, split)
 partitions it covers, so re-running over the same output replaces rather than
 duplicates, and a crashed run leaves the previous output intact (and its staging, which
 ``--resume`` continues from).
+
+:func:`carve` writes one protocol's split assignment of a release (OULU-NPU protocol 3,
+fold 2) from the crops of the whole release, cropped once: no media is read again.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pyarrow import fs as pafs
 
@@ -381,7 +385,7 @@ def summarize(out: str, partitions: set[tuple[str, str]], records: list[dict], s
             "listed_but_missing": scan_report, "total_seconds": round(total_seconds, 3)}
 
 
-def _write_manifest(out: str, config: PreprocessConfig, summary: dict) -> None:
+def _write_manifest(out: str, config: PreprocessConfig, summary: dict, carved_from: str | None = None) -> None:
     path = storage.join(out, "manifest.json")
     manifest = storage.read_json(path, default={})
     face = asdict(config.face)
@@ -390,7 +394,110 @@ def _write_manifest(out: str, config: PreprocessConfig, summary: dict) -> None:
                                 "face": face, "pipeline_version": config.face.version(),
                                 "frames_per_video": frames_per_video, "every": every,
                                 "partition_options": partition_options(config)}
+    if carved_from:
+        manifest[config.dataset]["carved_from"] = storage.redact(carved_from)
     storage.write_json(path, manifest)
+
+
+# --------------------------------------------------------------------------------------
+# Carving: a protocol's splits from a release cropped once
+
+
+class ReleaseMismatch(ValueError):
+    """The release folder was not cropped the way the carved output asks for (another root,
+    face settings or frame sampling, or not every video of the release)."""
+
+
+def check_release(release: str, config: PreprocessConfig, release_options: dict[str, Any]) -> None:
+    """Refuse to carve from a folder that is not ``config``'s dataset cropped whole, from the
+    same root, with the same face pipeline and frame sampling."""
+    entry = storage.read_json(storage.join(release, "manifest.json"), default={}).get(config.dataset)
+    if not entry:
+        raise ReleaseMismatch(f"{storage.redact(release)} holds no {config.dataset} crops to carve from")
+    frames_per_video, every = check_sampling(config.frames_per_video, config.every)
+    expected = {"split": "all", "root": storage.redact(config.root), "face": asdict(config.face),
+                "frames_per_video": frames_per_video, "every": every}
+    wanted = get_adapter(config.dataset, config.root, **release_options).options
+    expected["partition_options"] = {k: v for k, v in wanted.items() if k in PARTITION_OPTIONS}
+    differ = {k: (entry.get(k), v) for k, v in expected.items() if entry.get(k) != v}
+    if differ:
+        details = "; ".join(f"{k}: release has {have!r}, wanted {want!r}" for k, (have, want) in differ.items())
+        raise ReleaseMismatch(f"cannot carve {config.dataset} from {storage.redact(release)}: {details}")
+
+
+def carve(release: str, config: PreprocessConfig, release_options: dict[str, Any]) -> dict:
+    """Write ``config``'s samples into ``config.out`` from the crops and rejects of the whole
+    release in ``release`` (preprocessed with ``release_options``, e.g. OULU-NPU protocol 0).
+
+    A row keeps its crop (face, box, frame) and takes its sample's columns (split, label,
+    extras, ...) from ``config``'s adapter: sample ids do not depend on the split, so the
+    rows are the ones a preprocessing run with ``config`` would write. The output goes
+    through the same staging swap, the same rows + rejects = inputs check and the same
+    manifest (with ``carved_from``) as :func:`run_preprocess`; it returns that summary."""
+    started = time.perf_counter()
+    records, scan_report = list_samples(config)
+    if not records:
+        raise ValueError(f"{config.dataset}: no samples for split {config.split!r} under {config.root}")
+    release, out = storage.absolute(release), storage.absolute(config.out)
+    check_release(release, config, release_options)
+    check_partition_options(out, config)
+    staging = storage.join(out, f"_staging-{run_key(config)}")
+    storage.delete_dir(staging)
+    samples = pa.Table.from_pylist(records)
+    for status, table in (("ok", CROPS_DIR), ("rejected", REJECTS_DIR)):
+        rows = _carved_rows(_read_dataset(storage.join(release, table), config.dataset), samples)
+        for (dataset, split), part in _by_partition(rows, samples).items():
+            target = _partition_dir(storage.join(staging, f"status={status}"), dataset, split)
+            filesystem, path = storage.resolve(storage.join(target, "carved-0.parquet"))
+            filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+            pq.write_table(part, path, filesystem=filesystem)
+    partitions = {(r["dataset"], r["split"]) for r in records}
+    _swap_in(staging, out, partitions)
+    storage.delete_dir(staging)
+    seconds = time.perf_counter() - started
+    summary = summarize(out, partitions, records, scan_report, seconds, seconds)
+    summary["carved_from"] = storage.redact(release)
+    _write_manifest(out, config, summary, carved_from=release)
+    return summary
+
+
+def _read_dataset(base: str, dataset: str) -> pa.Table | None:
+    """Every split's rows of ``dataset`` under ``base`` (crops/ or rejects/), without the
+    partition columns (the files do not hold them)."""
+    splits = storage.join(base, f"dataset={dataset}")
+    files = [f for split in storage.list_dirs(splits) for f in storage.list_files(split, ".parquet")]
+    if not files:
+        return None
+    filesystem, _ = storage.resolve(base)
+    return pa.concat_tables([pq.read_table(f, filesystem=filesystem) for f in files], promote_options="default")
+
+
+def _carved_rows(rows: pa.Table | None, samples: pa.Table) -> pa.Table | None:
+    """The release's rows of the sampled media, their sample columns replaced by the samples'
+    (all but the frame's own ``sample_id`` and ``frame_index``)."""
+    if rows is None:
+        return None
+    at = pc.index_in(rows.column("rel_path"), value_set=samples.column("rel_path"))
+    keep = pc.is_valid(at)
+    rows, at = rows.filter(keep), at.filter(keep)
+    for name in SAMPLE_COLUMNS:
+        if name in ("sample_id", "frame_index", "dataset", "split") or name not in rows.column_names:
+            continue
+        column = samples.column(name).take(at).cast(rows.schema.field(name).type)
+        rows = rows.set_column(rows.column_names.index(name), name, column)
+    return rows
+
+
+def _by_partition(rows: pa.Table | None, samples: pa.Table) -> dict[tuple[str, str], pa.Table]:
+    """Rows grouped by the (dataset, split) their sample is assigned to."""
+    if rows is None or rows.num_rows == 0:
+        return {}
+    at = pc.index_in(rows.column("rel_path"), value_set=samples.column("rel_path"))
+    keys = list(zip(samples.column("dataset").take(at).to_pylist(), samples.column("split").take(at).to_pylist()))
+    parts: dict[tuple[str, str], list[int]] = {}
+    for i, key in enumerate(keys):
+        parts.setdefault(key, []).append(i)
+    return {key: rows.take(pa.array(indices)) for key, indices in parts.items()}
 
 
 def contact_sheet(out: str | Path, path: str | Path, n: int = 16, seed: int = 0, columns: int = 4) -> dict:

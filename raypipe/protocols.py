@@ -19,10 +19,18 @@ test set, with mean ± std over the rows:
 A fold's datasets are preprocessed together into one folder under ``work`` named after them
 and their adapter options (OULU-NPU's protocol and fold pick which videos get which split),
 and a dataset already there (same root, every split, same frame sampling) is not
-preprocessed again. Each fold trains with :func:`raypipe.train.run_training` (Ray Train),
-picks its threshold on its dev set by evaluating there (:func:`raypipe.evaluate.evaluate_model`
-with the rule) and scores each test set at that number. Folds run one after another: each
-training already uses the cluster's workers, and a 2-core machine has no room for two.
+preprocessed again. A dataset whose adapter has ``release_options`` (OULU-NPU: protocol 0,
+every video) is cropped once, whole, into ``work/<dataset>.<options>``, and each fold's split
+assignment is carved from it (:func:`raypipe.preprocess.carve`): the 6 folds of protocols 3
+and 4, protocols 1 and 2 and the O of OCIM share one face-detection pass.
+
+Each fold trains with :func:`raypipe.train.run_training` (Ray Train), picks its threshold on
+its dev set by evaluating there (:func:`raypipe.evaluate.evaluate_model` with the rule) and
+scores each test set at that number. Every fold's data is prepared first; then, when the
+cluster can hold several trainings (``concurrent_folds``, default from its capacity), each
+fold runs in a Ray task that asks for no CPU (its training asks for its own workers), at
+most that many at once; otherwise (a 2-core machine holds one training) one after another
+on the driver.
 
 MLflow: one parent run per benchmark (results table, plots, mean/std), one child run per
 fold (its figures and plots); the fold's training and evaluation runs are nested under that
@@ -47,9 +55,9 @@ import numpy as np
 import pandas as pd
 
 from raypipe import metrics, storage
-from raypipe.config import BenchmarkConfig, EvaluateConfig, PreprocessConfig
+from raypipe.config import BenchmarkConfig, EvaluateConfig, PreprocessConfig, TrainConfig
 from raypipe.crops import read_index
-from raypipe.datasets import ADAPTERS, get_adapter
+from raypipe.datasets import ADAPTERS, adapter_class, get_adapter
 from raypipe.evaluate import evaluate_model
 
 log = logging.getLogger(__name__)
@@ -76,8 +84,13 @@ class Fold:
 
     def data_key(self) -> str:
         """The data folder's name: datasets and options, so folds with the same data share it."""
-        return "+".join(name + "".join(f".{k}{v}" for k, v in sorted(options.items()))
-                        for name, options in sorted(self.sources.items()))
+        return data_key(self.sources)
+
+
+def data_key(sources: dict[str, dict[str, Any]]) -> str:
+    """A folder name for datasets preprocessed with these adapter options."""
+    return "+".join(name + "".join(f".{k}{v}" for k, v in sorted(options.items()))
+                    for name, options in sorted(sources.items()))
 
 
 @dataclass
@@ -236,7 +249,8 @@ def is_preprocessed(data: str, dataset: str, root: str, frames_per_video: int) -
 
 
 def prepare_data(config: BenchmarkConfig, fold: Fold, roots: dict[str, str], address: str | None) -> dict[str, str]:
-    """Preprocess the fold's datasets that its data folder lacks; {dataset: "reused" | "preprocessed"}."""
+    """Preprocess the fold's datasets that its data folder lacks;
+    {dataset: "reused" | "preprocessed" | "carved"}."""
     from raypipe.preprocess import run_preprocess
 
     data, done = fold_data(config, fold), {}
@@ -244,12 +258,35 @@ def prepare_data(config: BenchmarkConfig, fold: Fold, roots: dict[str, str], add
         if is_preprocessed(data, dataset, roots[dataset], config.frames_per_video):
             done[dataset] = "reused"
             continue
+        job = PreprocessConfig(dataset=dataset, root=roots[dataset], out=data,
+                               frames_per_video=config.frames_per_video, adapter_options=dict(options))
+        release = adapter_class(dataset).release_options
+        if release is not None and release_dir(config, dataset, release) != data:
+            carve_from_release(config, job, release, address)
+            done[dataset] = "carved"
+            continue
         log.info("benchmark: preprocessing %s (%s) into %s", dataset, options or "default options", data)
-        run_preprocess(PreprocessConfig(dataset=dataset, root=roots[dataset], out=data,
-                                        frames_per_video=config.frames_per_video, adapter_options=dict(options)),
-                       address=address)
+        run_preprocess(job, address=address)
         done[dataset] = "preprocessed"
     return done
+
+
+def release_dir(config: BenchmarkConfig, dataset: str, release: dict[str, Any]) -> str:
+    return storage.join(storage.absolute(config.work), data_key({dataset: release}))
+
+
+def carve_from_release(config: BenchmarkConfig, job: PreprocessConfig, release: dict[str, Any],
+                       address: str | None) -> dict[str, Any]:
+    """Crop the whole release once (into :func:`release_dir`, kept for every later fold and
+    protocol), then carve ``job``'s split assignment from it."""
+    from raypipe.preprocess import carve, run_preprocess
+
+    whole = release_dir(config, job.dataset, release)
+    if not is_preprocessed(whole, job.dataset, job.root, config.frames_per_video):
+        log.info("benchmark: cropping the whole %s release once into %s", job.dataset, whole)
+        run_preprocess(dataclasses.replace(job, out=whole, adapter_options=dict(release)), address=address)
+    log.info("benchmark: carving %s (%s) from %s into %s", job.dataset, job.adapter_options, whole, job.out)
+    return carve(whole, job, release)
 
 
 def has_test_rows(data: str, datasets: list[str]) -> dict[str, bool]:
@@ -311,14 +348,21 @@ def _evaluate(config: BenchmarkConfig, model_uri: str, data: str, split: str, da
         out=str(out), gradcam_per_class=0, tracking_uri=train.tracking_uri))
 
 
+#: trains one fold from its TrainConfig; returns run_training's summary ("run_id", "dev_rule", ...)
+TrainFn = Callable[[TrainConfig], dict[str, Any]]
+FoldResult = tuple[list[dict[str, Any]], list[str], dict[str, Any]]
+
+
 def run_fold(config: BenchmarkConfig, protocol: Protocol, fold: Fold, rule: str, data: str,
-             address: str | None) -> tuple[list[dict[str, Any]], list[str], dict[str, Any]]:
-    """Train, choose the threshold on dev, score each test set: (rows, notes, run ids)."""
+             address: str | None, train_fn: TrainFn | None = None) -> FoldResult:
+    """Train (``train_fn``, default Ray Train's :func:`raypipe.train.run_training`), choose the
+    threshold on dev, score each test set: (rows, notes, run ids)."""
     from raypipe.train import run_training
 
-    trained = run_training(dataclasses.replace(
+    train = train_fn or (lambda c: run_training(c, address=address))
+    trained = train(dataclasses.replace(
         config.train, data=data, datasets=list(fold.train), experiment=config.experiment, threshold_rule=rule,
-        run_name=f"{protocol.name} fold {fold.name}: train", register=None, promote=False), address=address)
+        run_name=f"{protocol.name} fold {fold.name}: train", register=None, promote=False))
     model_uri, out = trained["run_id"], results_dir(config, protocol) / _safe(fold.name)
     dev = _evaluate(config, model_uri, data, "dev", list(fold.dev), rule, out / "dev")
     threshold = repr(float(dev["threshold"]))  # the number every test set is scored at
@@ -335,6 +379,55 @@ def run_fold(config: BenchmarkConfig, protocol: Protocol, fold: Fold, rule: str,
         row["plots"] = [str(p) for p in level_plots(out / where, result, config.video_score)]
         rows.append(row)
     return rows, notes, {"train": trained["run_id"], "dev": dev.get("mlflow_run_id"), "tests": tests}
+
+
+def fold_slots(config: BenchmarkConfig, folds: int) -> int:
+    """How many folds train side by side: ``concurrent_folds``, else as many trainings as the
+    cluster can hold (GPUs per training's workers, or CPUs per workers + one for its data)."""
+    from raypipe.runtime import cluster_capacity, resolve_use_gpu
+
+    if folds <= 1:
+        return 1
+    if config.concurrent_folds:
+        return max(1, min(config.concurrent_folds, folds))
+    capacity, train = cluster_capacity(), config.train
+    if resolve_use_gpu(train.use_gpu):
+        room = capacity.get("GPU", 0) // train.workers
+    else:
+        room = capacity.get("CPU", 0) // (train.workers + 1)
+    return int(max(1, min(room, folds)))
+
+
+def run_folds(config: BenchmarkConfig, protocol: Protocol, folds: list[Fold], rule: str, address: str | None,
+              train_fn: TrainFn | None = None) -> list[FoldResult]:
+    """Each fold's :func:`run_fold`, in the folds' order: on the driver one after another, or
+    in Ray tasks (no CPU of their own) :func:`fold_slots` at a time."""
+    from raypipe.runtime import init_ray, run_at_most
+
+    init_ray(address)
+    slots = fold_slots(config, len(folds))
+    if slots <= 1:
+        return [run_fold(config, protocol, fold, rule, fold_data(config, fold), address, train_fn) for fold in folds]
+    import ray
+
+    portable = for_tasks(config)
+    task = ray.remote(num_cpus=0, max_retries=0)(run_fold)
+    log.info("benchmark: %d folds in Ray tasks, %d at a time", len(folds), slots)
+    return run_at_most([lambda f=fold: task.remote(portable, protocol, f, rule, fold_data(portable, f), None, train_fn)
+                        for fold in folds], slots)
+
+
+def for_tasks(config: BenchmarkConfig) -> BenchmarkConfig:
+    """The config with what the driver resolves from its own environment made explicit (the
+    MLflow store, where checkpoints go, the work folder): a task's worker process does not
+    share the driver's environment variables or working directory."""
+    from raypipe.models.store import default_tracking_uri
+    from raypipe.train import default_storage
+
+    train = dataclasses.replace(config.train, tracking_uri=config.train.tracking_uri or default_tracking_uri(),
+                                storage_path=config.train.storage_path or default_storage())
+    return dataclasses.replace(config, work=storage.absolute(config.work), out=str(Path(config.out).resolve()),
+                               train=train)
 
 
 def fold_row(protocol: Protocol, fold: Fold, test: str, result: dict[str, Any], dev: dict[str, Any],
@@ -392,10 +485,12 @@ def _resolve(config: BenchmarkConfig) -> tuple[Protocol, list[Fold], dict[str, s
     return protocol, folds, roots, rule
 
 
-def run_benchmark(config: BenchmarkConfig, address: str | None = None) -> dict[str, Any]:
+def run_benchmark(config: BenchmarkConfig, address: str | None = None,
+                  train_fn: TrainFn | None = None) -> dict[str, Any]:
     """Every selected fold of the protocol; returns ``{"protocol", "rows", "summary", "notes", "files",
     "mlflow_run_id", ...}`` (one row per fold and test set) and writes the results under ``config.out``.
-    With ``dry_run`` only :func:`plan` (nothing preprocessed or trained)."""
+    With ``dry_run`` only :func:`plan` (nothing preprocessed or trained). ``train_fn`` replaces
+    Ray Train for every fold (an importable function when folds run in Ray tasks)."""
     if config.dry_run:
         return plan(config)
     started = time.perf_counter()
@@ -406,15 +501,15 @@ def run_benchmark(config: BenchmarkConfig, address: str | None = None) -> dict[s
     data_status: dict[str, dict[str, str]] = {}
     try:
         for fold in folds:
-            data = fold_data(config, fold)
             data_status[fold.name] = prepare_data(config, fold, roots, address)
-            fold_rows, fold_notes, runs = run_fold(config, protocol, fold, rule, data, address)
+        for fold, (fold_rows, fold_notes, runs) in zip(folds, run_folds(config, protocol, folds, rule, address,
+                                                                         train_fn)):
             rows += fold_rows
             notes += [n for n in fold_notes if n not in notes]
             if tracker:
                 tracker.log_fold(fold, fold_rows, runs)
         result = {"protocol": protocol.name, "title": protocol.title, "headline": protocol.headline,
-                  "threshold_rule": rule, "video_score": config.video_score, "model": config.train.model,
+                  "concurrent_folds": fold_slots(config, len(folds)), "threshold_rule": rule, "video_score": config.video_score, "model": config.train.model,
                   "epochs": config.train.epochs, "folds": [f.name for f in folds], "data": data_status,
                   "rows": rows, "summary": summarize(rows), "notes": notes, "mlflow_run_id": None}
         result["files"] = [str(p) for p in write_results(results_dir(config, protocol), result)]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 
@@ -27,6 +28,35 @@ def init_ray(address: str | None = None) -> None:
 
 AUTOSCALING_CONFIG_ENV = "RAYPIPE_AUTOSCALING_CONFIG"  # the autoscaler's cluster config file, if elsewhere
 BOOTSTRAP_CONFIG = "~/ray_bootstrap_config.yaml"  # where `ray up` leaves it on the head (job drivers run there)
+
+
+def run_at_most(starts: Sequence[Callable[[], Any]], limit: int) -> list[Any]:
+    """Run Ray tasks at most ``limit`` at a time: each ``start()`` submits one and returns its
+    ObjectRef. Results come back in the order of ``starts``; the first failure cancels the
+    tasks still running and is raised."""
+    import ray
+
+    results: list[Any] = [None] * len(starts)
+    queue = iter(enumerate(starts))
+    pending: dict[Any, int] = {}
+
+    def submit_next() -> None:
+        for index, start in queue:
+            pending[start()] = index
+            return
+
+    try:
+        for _ in range(max(1, limit)):
+            submit_next()
+        while pending:
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            results[pending.pop(ready)] = ray.get(ready)
+            submit_next()
+    except BaseException:
+        for ref in pending:
+            ray.cancel(ref, recursive=True)
+        raise
+    return results
 
 
 class NodeTypes(NamedTuple):

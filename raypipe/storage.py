@@ -59,6 +59,15 @@ def list_files(location: str | Path, suffix: str = "") -> list[str]:
     return sorted(i.path for i in infos if i.type == pafs.FileType.File and i.path.endswith(suffix))
 
 
+def list_dirs(location: str | Path) -> list[str]:
+    """Folders directly under a directory, as locations (a URI keeps its scheme), sorted; [] if it is absent."""
+    filesystem, path = resolve(location)
+    if filesystem.get_file_info(path).type != pafs.FileType.Directory:
+        return []
+    infos = filesystem.get_file_info(pafs.FileSelector(path))
+    return sorted(join(str(location), i.base_name) for i in infos if i.type == pafs.FileType.Directory)
+
+
 def delete_dir(location: str | Path) -> None:
     """Remove a directory and everything under it; nothing happens when it is absent."""
     filesystem, path = resolve(location)

@@ -450,7 +450,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
     counts = crops.role_counts(index, plan)
     _check_roles(counts)
     keep_last_batch = keeps_last_batch(sum(counts["train"].values()), config.workers, config.batch_size)
-    storage_path = config.storage_path or _default_storage()
+    storage_path = config.storage_path or default_storage()
     resumed_run = find_run_to_resume(config, storage_path) if config.resume else None
     init_ray(address)
     use_gpu = resolve_use_gpu(config.use_gpu)
@@ -572,7 +572,8 @@ def _throughput(history: list[dict], train_counts: dict[str, int]) -> float:
     return round(sum(train_counts.values()) * len(history) / seconds, 1) if seconds else 0.0
 
 
-def _default_storage() -> str:
+def default_storage() -> str:
+    """Where Ray Train checkpoints go without ``--storage-path``."""
     from raypipe.storage import data_dir
 
     return str(data_dir() / "ray_results")

@@ -38,14 +38,18 @@ def adapter_names() -> list[str]:
     return sorted(ADAPTERS)
 
 
-def get_adapter(name: str, root: str | Path, **options: Any) -> DatasetAdapter:
-    """Instantiate the adapter registered under ``name`` (``-`` and ``_`` are equivalent)."""
+def adapter_class(name: str) -> type[DatasetAdapter]:
+    """The adapter class registered under ``name`` (``-`` and ``_`` are equivalent)."""
     key = name.lower().replace("-", "_")
     if key not in ADAPTERS:
         raise KeyError(f"unknown dataset {name!r}; known: {', '.join(adapter_names())}")
     module_name, class_name = ADAPTERS[key].split(":")
-    cls = getattr(importlib.import_module(module_name), class_name)
-    return cls(root, **options)
+    return getattr(importlib.import_module(module_name), class_name)
+
+
+def get_adapter(name: str, root: str | Path, **options: Any) -> DatasetAdapter:
+    """Instantiate the adapter registered under ``name`` (``-`` and ``_`` are equivalent)."""
+    return adapter_class(name)(root, **options)
 
 
 __all__ = [
@@ -56,6 +60,7 @@ __all__ = [
     "DatasetLayoutError",
     "Sample",
     "ScanReport",
+    "adapter_class",
     "adapter_names",
     "get_adapter",
     "sample_id",

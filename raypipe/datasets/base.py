@@ -115,6 +115,10 @@ class DatasetAdapter(abc.ABC):
     name: ClassVar[str]
     #: option name -> default; documented in each adapter's docstring.
     default_options: ClassVar[dict[str, Any]] = {}
+    #: options that list every sample of the release once, when other options only pick
+    #: samples and assign splits (a protocol): the benchmark crops the release with these
+    #: and carves each protocol from it (``raypipe.preprocess.carve``). None: nothing to carve.
+    release_options: ClassVar[dict[str, Any] | None] = None
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         unknown = set(options) - set(self.default_options)

@@ -47,6 +47,7 @@ _FILE_TYPES = {1: ("live", 0), 2: ("print", 1), 3: ("print", 2), 4: ("replay", 1
 class OuluNpuAdapter(DatasetAdapter):
     name = "oulu_npu"
     default_options = {"protocol": 1, "fold": 1}
+    release_options = {"protocol": 0}  # every video, split by its folder; protocols 1-4 pick from it
 
     def __init__(self, root: str | Path, **options: Any) -> None:
         super().__init__(root, **options)

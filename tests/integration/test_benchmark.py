@@ -1,10 +1,12 @@
-"""`raypipe benchmark` end to end on native fixture trees: OULU-NPU protocol 1 and the
-leave-one-dataset-out target M (train on OULU-NPU, CASIA-FASD and Replay-Attack, test on
-MSU-MFSD) preprocess, train (Ray Train, AttackNet, 1 epoch), choose the threshold on dev,
-score the test set and log the MLflow tree, the tables and the plots.
+"""`raypipe benchmark` end to end on native fixture trees: OULU-NPU protocol 3 (six folds,
+two at a time in Ray tasks), protocol 1 and the leave-one-dataset-out target M (train on
+OULU-NPU, CASIA-FASD and Replay-Attack, test on MSU-MFSD) preprocess, train (AttackNet, 1
+epoch), choose the threshold on dev, score the test set and log the MLflow tree, the tables
+and the plots. The three share one work folder, so OULU-NPU is cropped once and every
+protocol is carved from it.
 
-oulu-p3's six folds are the same loop six times; their expansion (which videos each fold
-trains, calibrates and tests on) is checked without training in tests/unit/test_protocols.py.
+p1 and ocim-M train with Ray Train. p3's six folds train with raypipe.train's plain-PyTorch
+epoch (tests/fixtures/training.py): six Ray Train start-ups do not fit the test budget.
 """
 
 from __future__ import annotations
@@ -14,12 +16,15 @@ import json
 from pathlib import Path
 
 import mlflow
+import pyarrow.parquet as pq
 import pytest
+import ray
 
 from raypipe import cli
 from raypipe.config import BenchmarkConfig, TrainConfig
 from raypipe.protocols import is_preprocessed, load_protocol, run_benchmark
-from tests.fixtures.layouts import face_frame_fn, make_tree
+from tests.fixtures.layouts import face_frame_fn, make_tree, write_oulu_p3_folds
+from tests.fixtures.training import plain_loop_training
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
@@ -30,7 +35,16 @@ DATASETS = ("oulu_npu", "casia_fasd", "replay_attack", "msu_mfsd")
 @pytest.fixture(scope="module")
 def roots(tmp_path_factory) -> dict[str, str]:
     base = tmp_path_factory.mktemp("benchmark-trees")
-    return {name: str(make_tree(name, base / name, FACES).root) for name in DATASETS}
+    roots = {name: str(make_tree(name, base / name, FACES).root) for name in DATASETS}
+    write_oulu_p3_folds(Path(roots["oulu_npu"]))
+    return roots
+
+
+@pytest.fixture(scope="module")
+def work(tmp_path_factory) -> Path:
+    """One work folder for the module, as a user's data/benchmark: the OULU-NPU release is
+    cropped by the first protocol that needs it and carved for every later one."""
+    return tmp_path_factory.mktemp("benchmark-work")
 
 
 @pytest.fixture()
@@ -53,6 +67,7 @@ def check_mlflow_tree(result: dict, experiment: str) -> None:
     assert parent.data.tags["raypipe.kind"] == "benchmark" and parent.info.status == "FINISHED"
     runs = client.search_runs([parent.info.experiment_id])
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    children.sort(key=lambda c: [r["fold"] for r in result["rows"]].index(c.data.tags["raypipe.fold"]))
     assert [c.data.tags["raypipe.fold"] for c in children] == [row["fold"] for row in result["rows"]]
     for child, row in zip(children, result["rows"]):
         nested = {r.info.run_id for r in runs if r.data.tags.get("mlflow.parentRunId") == child.info.run_id}
@@ -86,8 +101,44 @@ def check_files(result: dict, out: Path) -> None:
         assert all(Path(p).is_file() and Path(p).stat().st_size > 0 for p in row["plots"])
 
 
-def test_oulu_p1_end_to_end(ray_session, roots, tracking, tmp_path):
-    out, work = tmp_path / "out", tmp_path / "work"
+def fold_tasks(timeline: list[dict]) -> list[tuple[float, float]]:
+    """(start, end) of every run_fold task that executed, from Ray's timeline."""
+    return [(e["ts"], e["ts"] + e["dur"]) for e in timeline
+            if e.get("cat") == "task::run_fold" and e.get("ph") == "X"]
+
+
+def test_oulu_p3_six_folds_in_ray_tasks_carved_from_one_cropping(ray_session, roots, work, tracking, tmp_path):
+    out = tmp_path / "out"
+    folds = write_oulu_p3_folds(Path(roots["oulu_npu"]))
+    result = run_benchmark(BenchmarkConfig(protocol="oulu-p3", roots=[f"oulu_npu={roots['oulu_npu']}"],
+                                           work=str(work), out=str(out), frames_per_video=2, concurrent_folds=2,
+                                           experiment="bench-oulu-p3", train=tiny_training()),
+                           train_fn=plain_loop_training)
+    assert [row["fold"] for row in result["rows"]] == [str(k) for k in range(1, 7)]
+    assert result["concurrent_folds"] == 2
+    assert all(status == {"oulu_npu": "carved"} for status in result["data"].values())
+    for row in result["rows"]:
+        assert (row["n_live"], row["n_attack"], row["n_frames"]) == (1, 1, 4)  # each Test_k: one of each, 2 frames
+        assert row["split"] == "test" and row["acer"] == pytest.approx((row["apcer"] + row["bpcer"]) / 2)
+    acers = [row["acer"] for row in result["rows"]]
+    assert result["summary"]["acer"]["mean"] == pytest.approx(sum(acers) / 6)
+    # the fold folders hold exactly the videos their lists name, each in its split
+    for k, fold in enumerate(load_protocol("oulu-p3").folds, start=1):
+        data = work / fold.data_key()
+        manifest = json.loads((data / "manifest.json").read_text())["oulu_npu"]
+        assert manifest["carved_from"] == str(work / "oulu_npu.protocol0")
+        for split, videos in folds[k].items():
+            table = pq.read_table(data / "crops" / "dataset=oulu_npu" / f"split={split}")
+            assert sorted({Path(p).stem for p in table.column("rel_path").to_pylist()}) == sorted(videos)
+    executed = sorted(fold_tasks(ray.timeline()))
+    assert len(executed) == 6
+    assert any(b[0] < a[1] for a, b in zip(executed, executed[1:]))  # two folds ran side by side
+    check_files(result, out / "oulu-p3")
+    check_mlflow_tree(result, "bench-oulu-p3")
+
+
+def test_oulu_p1_end_to_end(ray_session, roots, work, tracking, tmp_path):
+    out = tmp_path / "out"
     result = run_benchmark(BenchmarkConfig(protocol="oulu-p1", roots=[f"oulu_npu={roots['oulu_npu']}"],
                                            work=str(work), out=str(out), frames_per_video=2,
                                            experiment="bench-oulu", train=tiny_training()))
@@ -97,18 +148,19 @@ def test_oulu_p1_end_to_end(ray_session, roots, tracking, tmp_path):
     # Protocol_1/Test.txt: 2 live and 2 attack videos (print, replay), 2 frames each
     assert (row["n_live"], row["n_attack"], row["n_frames"]) == (2, 2, 8)
     assert row["acer"] == pytest.approx((row["apcer"] + row["bpcer"]) / 2)
-    assert result["data"] == {"1": {"oulu_npu": "preprocessed"}}
+    assert result["data"] == {"1": {"oulu_npu": "carved"}}
     (fold,) = load_protocol("oulu-p1").folds
     assert is_preprocessed(str(work / fold.data_key()), "oulu_npu", roots["oulu_npu"], 2)  # a rerun reuses it
     check_files(result, out / "oulu-p1")
     check_mlflow_tree(result, "bench-oulu")
 
 
-def test_ocim_m_end_to_end_through_the_cli(ray_session, roots, tracking, tmp_path, capsys):
-    out, work = tmp_path / "out", tmp_path / "work"
+def test_ocim_m_end_to_end_through_the_cli(ray_session, roots, work, tracking, tmp_path, capsys):
+    out = tmp_path / "out"
     code = cli.main(["benchmark", "--protocol", "ocim-M", "--roots", ",".join(f"{d}={r}" for d, r in roots.items()),
                      "--work", str(work), "--out", str(out), "--frames-per-video", "2", "--experiment", "bench-ocim",
-                     "--model", "attacknet", "--epochs", "1", "--workers", "1", "--batch-size", "16"])
+                     "--model", "attacknet", "--epochs", "1", "--workers", "1", "--batch-size", "16",
+                     "--concurrent-folds", "1"])
     assert code == 0
     result = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     (row,) = result["rows"]
@@ -116,8 +168,11 @@ def test_ocim_m_end_to_end_through_the_cli(ray_session, roots, tracking, tmp_pat
         "M", "oulu_npu,casia_fasd,replay_attack", "msu_mfsd", "test")
     assert (row["n_live"], row["n_attack"]) == (1, 1)  # MSU's test client 003: one real, one replay video
     assert result["headline"] == "hter" and result["summary"]["hter"]["mean"] == pytest.approx(row["hter"])
+    assert result["concurrent_folds"] == 1
     manifest = json.loads((work / load_protocol("ocim-M").folds[0].data_key() / "manifest.json").read_text())
     assert set(manifest) == set(DATASETS)  # all four, so the other targets reuse this folder
     assert manifest["oulu_npu"]["summary"]["samples"] == 12  # protocol 0: the whole release
+    assert result["data"]["M"]["oulu_npu"] == "carved"  # copied from the release the OULU protocols cropped
+    assert manifest["oulu_npu"]["carved_from"] == str(work / "oulu_npu.protocol0")
     check_files(result, out / "ocim-M")
     check_mlflow_tree(result, "bench-ocim")

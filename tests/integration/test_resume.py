@@ -113,13 +113,17 @@ def test_train_resume_continues_a_killed_run_into_the_same_mlflow_run(ray_sessio
                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
     killed_after = None
     deadline = time.time() + 240
-    while job.poll() is None and time.time() < deadline:
-        if list(storage.glob(f"*/{SNAPSHOT_FILE}")):  # Ray Train has recorded a checkpoint
-            (run,) = mlflow.search_runs(experiment_names=["resume"], output_format="list")
-            killed_after = dev_loss_steps(run.info.run_id)
-            os.kill(job.pid, signal.SIGKILL)  # the driver only: Ray ends the job's workers
-            break
-        time.sleep(0.2)
+    try:
+        while job.poll() is None and time.time() < deadline:
+            if list(storage.glob(f"*/{SNAPSHOT_FILE}")):  # Ray Train has recorded a checkpoint
+                (run,) = mlflow.search_runs(experiment_names=["resume"], output_format="list")
+                killed_after = dev_loss_steps(run.info.run_id)
+                os.kill(job.pid, signal.SIGKILL)  # the driver only: Ray ends the job's workers
+                break
+            time.sleep(0.2)
+    finally:
+        if job.poll() is None and killed_after is None:  # past the deadline: never leave a driver running
+            os.killpg(job.pid, signal.SIGKILL)
     job.wait(timeout=30)
     assert killed_after is not None, f"training ended before it could be killed:\n{job.stdout.read()[-3000:]}"
     (stopped,) = mlflow.search_runs(experiment_names=["resume"], output_format="list")

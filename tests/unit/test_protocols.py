@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from raypipe import cli
-from raypipe.config import BenchmarkConfig
+from raypipe.config import BenchmarkConfig, TrainConfig
 from raypipe.protocols import (
     fold_members,
     load_protocol,
@@ -155,3 +155,17 @@ def test_required_list_flags_parse_as_lists():
         == ["nuaa=/a", "casia_fasd=/b"]
     assert parser.parse_args(["cross-dataset", "--data", "d", "--datasets", "nuaa,msu_mfsd"]).datasets == [
         "nuaa", "msu_mfsd"]
+
+
+@pytest.mark.ray
+def test_folds_run_side_by_side_only_when_the_cluster_holds_several_trainings(ray_session):
+    from raypipe.protocols import fold_slots
+
+    def config(workers: int, concurrent: int | None = None) -> BenchmarkConfig:
+        return BenchmarkConfig(protocol="oulu-p3", roots=["x"], concurrent_folds=concurrent,
+                               train=TrainConfig(data="", workers=workers, use_gpu=False))
+
+    assert fold_slots(config(workers=1), 6) == 1  # 2 CPUs: one training of 1 worker + its data work
+    assert fold_slots(config(workers=1, concurrent=3), 6) == 3
+    assert fold_slots(config(workers=1, concurrent=8), 6) == 6
+    assert fold_slots(config(workers=1, concurrent=3), 1) == 1

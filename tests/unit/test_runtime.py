@@ -153,3 +153,57 @@ def test_more_gpu_workers_than_the_cluster_can_have_are_refused(monkeypatch, tmp
     runtime.check_gpu_workers(4)
     with pytest.raises(ValueError, match="at most 4 GPUs"):
         runtime.check_gpu_workers(5)
+
+
+# ----------------------------------------------------------------------------- tasks at most N at a time
+
+
+def _sleep_then(value: int, seconds: float = 0.5) -> int:
+    import time
+
+    time.sleep(seconds)
+    if value < 0:
+        raise ValueError(f"task {value} failed")
+    return value
+
+
+@pytest.mark.ray
+def test_run_at_most_keeps_order_and_never_runs_more_than_the_limit(ray_session):
+    import ray
+
+    @ray.remote(num_cpus=0)
+    class Gauge:
+        def __init__(self):
+            self.now, self.most = 0, 0
+
+        def enter(self):
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+        def leave(self):
+            self.now -= 1
+
+        def peak(self):
+            return self.most
+
+    gauge = Gauge.remote()
+
+    @ray.remote(num_cpus=0)
+    def task(value):
+        ray.get(gauge.enter.remote())
+        result = _sleep_then(value, 0.3)
+        ray.get(gauge.leave.remote())
+        return result
+
+    values = [5, 1, 4, 2, 3]
+    assert runtime.run_at_most([lambda v=v: task.remote(v) for v in values], 2) == values
+    assert ray.get(gauge.peak.remote()) == 2
+
+
+@pytest.mark.ray
+def test_run_at_most_raises_the_first_failure(ray_session):
+    import ray
+
+    task = ray.remote(num_cpus=0)(_sleep_then)
+    with pytest.raises(ValueError, match="task -1 failed"):
+        runtime.run_at_most([lambda v=v: task.remote(v, 0.1 if v < 0 else 30) for v in (-1, 2, 3)], 2)
