@@ -1,11 +1,15 @@
-"""Training throughput: Ray Train (DDP workers) against a plain single-process PyTorch loop.
+"""Training throughput and memory: Ray Train (DDP workers, streamed crops) against a plain
+single-process PyTorch loop, at 1x and Nx the data.
 
 Both train the same model with the same loss, augmentation, batch size and epochs on the
 same Parquet crops, and score the dev split after each epoch; throughput is training
-samples per second over the epochs (start-up excluded: Ray start-up, dataset
-materialisation and worker start-up are reported separately as ``wall_seconds``).
+samples per second over the epochs (start-up excluded: Ray start-up and worker start-up
+are reported separately as ``wall_seconds``). ``--scales 1,10`` also trains Ray Train on
+the crops repeated 10 times (every Parquet file hard-linked 10 times) and samples, every
+0.5 s, the object store's bytes in use and the resident memory of this process and every
+process under it (the local Ray cluster's workers): streaming must keep the peak flat.
 
-    .venv/bin/python benchmarks/train.py --data data/nuaa [--model attacknet] [--epochs 3]
+    .venv/bin/python benchmarks/train.py --data data/nuaa [--model attacknet] [--epochs 3] [--scales 1,10]
 
 Writes benchmarks/results/train_<model>.json. With ``--cuda-only`` it measures only the
 plain loop on CUDA with bf16 autocast (for a GPU box without Ray).
@@ -14,10 +18,13 @@ plain loop on CUDA with bf16 autocast (for a GPU box without Ray).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import shutil
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -32,6 +39,85 @@ from raypipe.train import TrainConfig, build_model_and_loss, collate, evaluate, 
 
 HERE = Path(__file__).resolve().parent
 GOAL_RATIO = 0.9
+GOAL_MEMORY_GROWTH = 1.3  # peak memory at 10x over the peak at 1x
+
+
+def process_tree_rss(root: int) -> int:
+    """Resident bytes of ``root`` and all its descendants, from /proc (no psutil here)."""
+    children: dict[int, list[int]] = {}
+    rss: dict[int, int] = {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            status = (entry / "status").read_text()
+        except OSError:
+            continue
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        line = next((row for row in status.splitlines() if row.startswith("VmRSS:")), None)
+        rss[int(entry.name)] = int(line.split()[1]) * 1024 if line else 0
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += rss.get(pid, 0)
+        stack += children.get(pid, [])
+    return total
+
+
+def object_store_bytes() -> int | None:
+    """Bytes in use in the local cluster's object store (what ``ray memory`` reports)."""
+    try:
+        import ray._private.state
+        from ray._private.internal_api import get_memory_info_reply
+
+        return int(get_memory_info_reply(ray._private.state.state).store_stats.object_store_bytes_used)
+    except Exception:  # not connected, or the private API moved: report none rather than guess
+        return None
+
+
+class MemorySampler:
+    """Peaks of the object store, of this process tree's RSS and of their sum, every ``period`` s."""
+
+    def __init__(self, period: float = 0.5) -> None:
+        self.period, self.peaks, self._stop = period, {"object_store": 0, "rss": 0, "total": 0}, threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.period):
+            store, rss = object_store_bytes() or 0, process_tree_rss(os.getpid())
+            for key, value in (("object_store", store), ("rss", rss), ("total", store + rss)):
+                self.peaks[key] = max(self.peaks[key], value)
+
+    def __enter__(self) -> "MemorySampler":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def mib(self) -> dict[str, float]:
+        return {f"peak_{key}_mib": round(value / 2**20, 1) for key, value in self.peaks.items()}
+
+
+def repeated_data(data: str, times: int, out: Path) -> str:
+    """The crops ``times`` over: every Parquet file hard-linked ``times`` times (copied where
+    links fail), the manifest beside them. Sample ids repeat; plans and counts do not mind."""
+    source = Path(data)
+    for path in source.rglob("*.parquet"):
+        if "crops" not in path.relative_to(source).parts:
+            continue
+        target_dir = out / path.parent.relative_to(source)
+        target_dir.mkdir(parents=True, exist_ok=True)
+        for k in range(times):
+            target = target_dir / f"x{k}-{path.name}"
+            try:
+                os.link(path, target)
+            except OSError:
+                shutil.copy2(path, target)
+    shutil.copy2(source / "manifest.json", out / "manifest.json")
+    return str(out)
 
 
 def batches(data: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator | None = None):
@@ -68,13 +154,16 @@ def plain_loop(config: TrainConfig, device: torch.device) -> dict:
 
 
 def ray_train(config: TrainConfig) -> dict:
+    from raypipe.runtime import init_ray
     from raypipe.train import run_training
 
+    init_ray()  # before sampling: the cluster's own start-up is not the training's memory
     started = time.perf_counter()
-    summary = run_training(config)
+    with MemorySampler() as memory:
+        summary = run_training(config)
     return {"workers": config.workers, "epochs": summary["epochs_run"],
             "samples_per_second": summary["train_samples_per_second"],
-            "wall_seconds": round(time.perf_counter() - started, 1), "run_id": summary["run_id"]}
+            "wall_seconds": round(time.perf_counter() - started, 1), "run_id": summary["run_id"], **memory.mib()}
 
 
 def main() -> None:
@@ -85,8 +174,10 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cuda-only", action="store_true", help="plain loop on CUDA with bf16 autocast only")
+    parser.add_argument("--scales", default="1", help="data sizes for Ray Train, e.g. 1,10 (the crops repeated)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
+    scales = [int(x) for x in args.scales.split(",")]
 
     result: dict = {"benchmark": "train", "model": args.model, "data": args.data, "batch_size": args.batch_size,
                     "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
@@ -104,6 +195,14 @@ def main() -> None:
             result["ratio"] = round(result["ray_train"]["samples_per_second"]
                                     / result["plain_single_process"]["samples_per_second"], 2)
             result["goal_ratio"] = GOAL_RATIO
+            for scale in (s for s in scales if s != 1):
+                data = repeated_data(args.data, scale, Path(tmp) / f"x{scale}")
+                result[f"ray_train_x{scale}"] = {"scale": scale, **ray_train(
+                    dataclasses.replace(config, data=data, run_name=f"x{scale}"))}
+                result[f"memory_growth_x{scale}"] = round(result[f"ray_train_x{scale}"]["peak_total_mib"]
+                                                          / result["ray_train"]["peak_total_mib"], 2)
+            if len(scales) > 1:
+                result["goal_memory_growth"] = GOAL_MEMORY_GROWTH
     out = Path(args.out or HERE / "results" / f"train_{args.model}{'_cuda' if args.cuda_only else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

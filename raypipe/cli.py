@@ -174,8 +174,9 @@ def cmd_demo_data(args: argparse.Namespace) -> dict:
 
 
 # Every TrainConfig field a user sets from the command line (the rest keep their defaults).
-TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "use_gpu", "loss", "pretrained",
-                "freeze_norm",
+TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "stream", "shuffle_buffer", "use_gpu",
+                "loss",
+                "pretrained", "freeze_norm",
                 "datasets", "dev_by", "dev_fraction", "threshold_rule", "cross_data", "experiment", "run_name",
                 "register", "promote", "force", "storage_path", "seed", "tracking_uri", "resume"]
 

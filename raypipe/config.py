@@ -121,6 +121,11 @@ class TrainConfig:
     patience: int = setting(10, "early stopping: epochs without a better dev loss")
     weight_decay: float = 0.0
     workers: int = setting(2, "Ray Train workers (DDP)")
+    stream: bool | None = setting(None, "stream the crops from Parquet every epoch, nothing held in the object "
+                                        "store (default: when the decoded inputs would fill more than a quarter "
+                                        "of it)", flag="--stream")
+    shuffle_buffer: int = setting(1024, "streamed: rows each worker mixes before batching (the files' order is "
+                                        "shuffled every epoch too)")
     use_gpu: bool | None = setting(None, "one GPU per worker (default: when the cluster has GPU nodes or its "
                                          "autoscaler can start them)", flag="--gpu")
     loss: str = setting("ce", "ce, am_softmax, ce+0.1*similarity, ...")

@@ -6,8 +6,9 @@ dev split is used when it has one; otherwise dev is carved from its train split
 sessions, else held-out *subjects*; a random fraction of rows is available but
 leaky (see ``dev_by``).
 
-Two readers over the same plan: Ray Data (:func:`ray_dataset`, for Ray Train and
-large data) and plain pyarrow (:func:`iter_local_batches`, for the plain-PyTorch
+Readers over the same plan: Ray Data (:func:`ray_dataset` for scoring,
+:func:`streaming_dataset` for Ray Train: files read and decoded anew each epoch, nothing
+materialised) and plain pyarrow (:func:`iter_local_batches`, for the plain-PyTorch
 baseline, tests and small evaluations without Ray).
 """
 
@@ -25,6 +26,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.parquet as pq
 
 from raypipe import storage
 from raypipe.datasets.base import ATTACK, LIVE
@@ -328,6 +330,68 @@ def ray_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,
     return ds.map_batches(DecodeCrops, fn_constructor_args=(role, plan, spec), batch_format="pyarrow",
                           batch_size=batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
                           num_cpus=0.5)
+
+
+def role_files(data: str | Path, role: str, plan: SplitPlan, datasets: list[str] | None = None) -> list[dict[str, str]]:
+    """The crop files that can hold rows of ``role``, each with the dataset and split its
+    partition folders name: a role's own split, plus the train files of the datasets whose
+    dev is carved from train (for ``dev``). Sorted, so the list is the same on every call."""
+    wanted = {"train": {"train"}, "dev": {"dev"}, "test": {"test"}}[role]
+    found = []
+    for dataset_dir in storage.list_dirs(crops_path(data)):
+        dataset = dataset_dir.rsplit("/", 1)[-1].split("=", 1)[-1]
+        if datasets and dataset not in datasets:
+            continue
+        splits = wanted | ({"train"} if role == "dev" and dataset in plan.carved else set())
+        for split_dir in storage.list_dirs(dataset_dir):
+            split = split_dir.rsplit("/", 1)[-1].split("=", 1)[-1]
+            if split in splits:
+                found += [{"file": storage.join(split_dir, f.rsplit("/", 1)[-1]), "dataset": dataset, "split": split}
+                          for f in storage.list_files(split_dir, ".parquet")]
+    return found
+
+
+def read_role_files(batch: dict[str, np.ndarray], role: str, plan: SplitPlan, spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Ray Data ``map_batches`` function: the listed files' rows of ``role``, decoded into
+    model inputs (:class:`DecodeCrops`). The files lack their partition columns; they are
+    added from the listing."""
+    decode, parts = DecodeCrops(role, plan, spec), []
+    for location, dataset, split in zip(batch["file"], batch["dataset"], batch["split"]):
+        filesystem, path = storage.resolve(str(location))
+        present = set(pq.read_schema(path, filesystem=filesystem).names)
+        table = pq.read_table(path, columns=[c for c in READ_COLUMNS if c in present], filesystem=filesystem)
+        table = table.append_column("dataset", pa.array([str(dataset)] * table.num_rows, pa.string()))
+        table = table.append_column("split", pa.array([str(split)] * table.num_rows, pa.string()))
+        parts.append(decode(table))
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
+#: at most this many file readers per streaming dataset: they ask for no CPU (the training
+#: workers hold the cluster's), so the cap is what keeps them from crowding those out.
+READ_TASKS = 2
+
+
+def streaming_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,
+                      datasets: list[str] | None = None, seed: int | None = None):
+    """A Ray Dataset of one role for Ray Train, streamed: each epoch lists nothing, reads the
+    crop files (in a new seeded order per epoch when ``seed`` is given) and decodes them
+    into model inputs; nothing whose size grows with the data is materialised.
+
+    One block per file, read by tasks that ask for no CPU (at most :data:`READ_TASKS` at
+    once): on a machine whose CPUs the training workers hold, readers that asked for one
+    would never be scheduled. Files are listed here, on the driver, not by a Ray Data
+    listing task, for the same reason."""
+    import ray
+    from ray.data import RandomSeedConfig
+
+    files = role_files(data, role, plan, datasets)
+    if not files:
+        raise ValueError(f"no crop files for role {role!r} under {storage.redact(crops_path(data))}")
+    dataset = ray.data.from_items(files, override_num_blocks=len(files))
+    if seed is not None:
+        dataset = dataset.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
+    return dataset.map_batches(read_role_files, fn_kwargs={"role": role, "plan": plan, "spec": spec},
+                               batch_size=1, batch_format="numpy", num_cpus=0, concurrency=READ_TASKS)
 
 
 def iter_local_batches(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,

@@ -2,7 +2,10 @@
 
 ``cross_dataset(CrossDatasetConfig(...))`` trains one model per dataset (plus one
 fused on all), tests each on every dataset and writes the HTER/FAR/FRR matrix
-(the AttackNet paper's Table 4) as CSV, Markdown and JSON. It sits beside
+(the AttackNet paper's Table 4) as CSV, Markdown and JSON. Rows train one after another
+(each training spreads over the cluster's workers); each cell is a Ray task (one CPU),
+submitted as soon as its row's model exists, so a row's cells score while the next row
+trains and the cells of a row run side by side where the cluster has CPUs. It sits beside
 :mod:`raypipe.pipeline`: both chain the stage modules (train, evaluate) and neither
 stage imports it.
 """
@@ -83,12 +86,29 @@ def cross_dataset(config: CrossDatasetConfig, address: str | None = None,
     ``{"datasets", "training_sets", "test_splits", "models", "cells", "notes", "files", ...}``
     where ``cells[train][test]`` holds HTER, FAR, FRR (and more) of that pair.
     """
+    import ray
+
+    from raypipe.runtime import init_ray
+
     started = time.perf_counter()
     splits = evaluation_splits(config.data, config.datasets)  # fail before any training
     train = train_fn or ray_train_fn(config, address)
-    models = {name: _train_one(train, name, sets) for name, sets in training_sets(config).items()}
-    cells = {name: {d: _cell(config, model["model_uri"], d, splits[d]) for d in config.datasets}
-             for name, model in models.items()}
+    init_ray(address)
+    portable = for_tasks(config)
+    cell_task = ray.remote(num_cpus=1, max_retries=0)(_cell)
+    models: dict[str, dict[str, Any]] = {}
+    pending: dict[tuple[str, str], Any] = {}
+    try:
+        for name, sets in training_sets(config).items():
+            models[name] = _train_one(train, name, sets)
+            # its cells score in Ray tasks while the next row trains
+            pending.update({(name, d): cell_task.remote(portable, models[name]["model_uri"], d, splits[d])
+                            for d in config.datasets})
+        cells = {name: {d: ray.get(pending[(name, d)]) for d in config.datasets} for name in models}
+    except BaseException:
+        for ref in pending.values():
+            ray.cancel(ref)
+        raise
     notes = [f"{d}: no test rows, evaluated on its dev split (models trained on {d} chose their threshold "
              "there, so their cells are optimistic)"
              for d, s in splits.items() if s != "test"]
@@ -116,7 +136,18 @@ def _train_one(train: TrainFn, name: str, datasets: list[str]) -> dict[str, Any]
             "dev_hter": (out.get("dev") or {}).get("hter")}
 
 
+def for_tasks(config: CrossDatasetConfig) -> CrossDatasetConfig:
+    """The config with the driver's MLflow store and data path made explicit: a task's worker
+    process has neither the driver's environment nor its working directory."""
+    from raypipe import storage
+    from raypipe.models.store import default_tracking_uri
+
+    train = dataclasses.replace(config.train, tracking_uri=config.train.tracking_uri or default_tracking_uri())
+    return dataclasses.replace(config, data=storage.absolute(config.data), train=train)
+
+
 def _cell(config: CrossDatasetConfig, model_uri: str, dataset: str, split: str) -> dict[str, Any]:
+    """One cell: the row's model scored on one dataset (a Ray task)."""
     evaluation = evaluate_model(EvaluateConfig(
         model_uri=model_uri, data=config.data, split=split, datasets=[dataset], experiment=config.experiment,
         log_to_mlflow=config.log_to_mlflow and config.log_cells, batch_size=config.batch_size,

@@ -278,7 +278,9 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
 
     for epoch in range(state["epoch"] + 1, config.epochs):
         train_batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=config.batch_size, collate_fn=collate, local_shuffle_buffer_size=4 * config.batch_size,
+            batch_size=config.batch_size, collate_fn=collate,
+            local_shuffle_buffer_size=max(config.shuffle_buffer, config.batch_size) if loop_config["stream"]
+            else 4 * config.batch_size,
             local_shuffle_seed=config.seed + epoch * 100 + rank, pin_memory=pin, device=device,
             drop_last=not loop_config.get("keep_last_batch", False))  # see keeps_last_batch
         dev_batches = ray.train.get_dataset_shard("dev").iter_torch_batches(
@@ -427,6 +429,41 @@ def _params(config: TrainConfig, counts: dict, index) -> dict[str, Any]:
     return flat
 
 
+#: auto: stream when the decoded train + dev inputs would fill more than this share of the object store
+STREAM_ABOVE_OBJECT_STORE_SHARE = 0.25
+
+
+def streams(config: TrainConfig, counts: dict[str, dict[str, int]], spec) -> bool:
+    """``--stream/--no-stream``, else stream when the decoded inputs (rows x S x S x 3 bytes)
+    would fill more than a quarter of the cluster's object store. Small data is decoded once
+    and held: streaming re-reads and re-decodes every epoch in fresh reader processes, which
+    costs seconds an epoch on a small machine (docs/training.md, throughput)."""
+    if config.stream is not None:
+        return config.stream
+    import ray
+
+    rows = sum(n for role in ("train", "dev") for n in counts.get(role, {}).values())
+    decoded = rows * spec.input_size * spec.input_size * 3
+    return decoded > STREAM_ABOVE_OBJECT_STORE_SHARE * ray.cluster_resources().get("object_store_memory", 0)
+
+
+def training_datasets(config: TrainConfig, plan, spec, stream: bool) -> dict[str, Any]:
+    """Ray Datasets of train and dev, streamed or decoded once and materialised."""
+    from raypipe import crops
+
+    if stream:
+        # Each epoch reads the crop files in a new seeded order and decodes them in the
+        # pipeline; a shuffle buffer on each worker mixes rows across files (rows are
+        # stored in the adapter's order, NUAA: live, then attacks).
+        return {"train": crops.streaming_dataset(config.data, "train", plan, spec, config.datasets, seed=config.seed),
+                "dev": crops.streaming_dataset(config.data, "dev", plan, spec, config.datasets)}
+    # Held: a local shuffle buffer cannot mix the adapter's order, one seeded global shuffle
+    # before materialising does.
+    datasets = {role: crops.ray_dataset(config.data, role, plan, spec, config.datasets) for role in ("train", "dev")}
+    datasets["train"] = datasets["train"].random_shuffle(seed=config.seed)
+    return {role: ds.materialize() for role, ds in datasets.items()}
+
+
 def run_training(config: TrainConfig, address: str | None = None) -> dict[str, Any]:
     """Train, pick the dev threshold, log everything to MLflow, register. Returns the summary."""
     import mlflow
@@ -458,15 +495,12 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
         check_gpu_workers(config.workers)
     check_tracking_reachable(tracking_uri, use_gpu)  # rank 0 logs there from wherever it runs
     spec = get_spec(config.model)
-    # Rows are stored in the adapter's order (NUAA: every live image, then every attack), and a
-    # local shuffle buffer cannot mix that: one seeded global shuffle before materialising does.
-    datasets = {role: crops.ray_dataset(config.data, role, plan, spec, config.datasets) for role in ("train", "dev")}
-    datasets["train"] = datasets["train"].random_shuffle(seed=config.seed)
-    datasets = {role: ds.materialize() for role, ds in datasets.items()}
+    stream = streams(config, counts, spec)
+    datasets = training_datasets(config, plan, spec, stream)
 
     with _start_run(config, resumed_run) as run:
         if resumed_run is None:
-            mlflow.log_params(_params(config, counts, index))
+            mlflow.log_params({**_params(config, counts, index), "streamed": stream})
             mlflow.log_dict({"split_plan": plan.to_dict(), "dev": plan.describe(), "rows": counts},
                             "data_manifest.json")
             mlflow.set_tag("raypipe.dev_rule", "; ".join(f"{d}: {rule}" for d, rule in plan.describe().items())[:5000])
@@ -474,7 +508,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
         trainer = TorchTrainer(
             train_loop_per_worker,
             train_loop_config={"config": config, "run_id": run.info.run_id, "tracking_uri": tracking_uri,
-                               "keep_last_batch": keep_last_batch},
+                               "keep_last_batch": keep_last_batch, "stream": stream},
             scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
             torch_config=torch_config(use_gpu),
             run_config=RunConfig(name=train_run_name(config.experiment, run.info.run_id),
@@ -494,6 +528,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
         summary = _finish_run(config, state, run.info.run_id, device["type"] == "cuda", face)
         summary.update(requested_gpu=use_gpu, device=device["type"], resumed=resumed_run is not None)
         summary["dev_rule"] = plan.describe()
+        summary["streamed"] = stream
         summary["train_samples_per_second"] = _throughput(state["history"], counts["train"])
         mlflow.log_metric("train_samples_per_second", summary["train_samples_per_second"])
     summary["seconds"] = round(time.perf_counter() - started, 2)

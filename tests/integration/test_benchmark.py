@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import time
 from pathlib import Path
 
 import mlflow
@@ -130,6 +131,9 @@ def test_oulu_p3_six_folds_in_ray_tasks_carved_from_one_cropping(ray_session, ro
         for split, videos in folds[k].items():
             table = pq.read_table(data / "crops" / "dataset=oulu_npu" / f"split={split}")
             assert sorted({Path(p).stem for p in table.column("rel_path").to_pylist()}) == sorted(videos)
+    deadline = time.time() + 20  # Ray reports task events to the timeline a second or so late
+    while len(fold_tasks(ray.timeline())) < 6 and time.time() < deadline:
+        time.sleep(0.5)
     executed = sorted(fold_tasks(ray.timeline()))
     assert len(executed) == 6
     assert any(b[0] < a[1] for a, b in zip(executed, executed[1:]))  # two folds ran side by side

@@ -1,9 +1,11 @@
-"""evaluate_model and the cross-dataset experiment on real Parquet crops and a real MLflow SQLite store (no Ray)."""
+"""evaluate_model and the cross-dataset experiment on real Parquet crops and a real MLflow SQLite store (Ray
+where the work is distributed: the matrix cells, the scoring actor pool)."""
 
 from __future__ import annotations
 
 import csv
 import json
+import time
 from collections import defaultdict
 
 import mlflow
@@ -262,11 +264,21 @@ def fresh_models_train_fn(calls: list[list[str]]):
     return train
 
 
-def test_cross_dataset_matrix(tracking, data, tmp_path):
+def cell_tasks(timeline: list[dict]) -> list[str]:
+    """Task ids of the cross-dataset cells Ray executed."""
+    return [e["args"]["task_id"] for e in timeline if e.get("cat") == "task::_cell" and e.get("ph") == "X"]
+
+
+def test_cross_dataset_matrix(ray_session, tracking, data, tmp_path):
     calls: list[list[str]] = []
     config = CrossDatasetConfig(data=str(data.root), datasets=["alpha", "beta"], out=str(tmp_path / "cross"),
                                 experiment="cross-test")
+    before = set(cell_tasks(ray_session.timeline()))
     result = cross_dataset(config, train_fn=fresh_models_train_fn(calls))
+    deadline = time.time() + 20  # Ray reports task events to the timeline a second or so late
+    while len(set(cell_tasks(ray_session.timeline())) - before) < 6 and time.time() < deadline:
+        time.sleep(0.5)
+    assert len(set(cell_tasks(ray_session.timeline())) - before) == 6  # every cell scored in a Ray task
     assert calls == [["alpha"], ["beta"], ["alpha", "beta"]]
     assert list(result["cells"]) == ["alpha", "beta", "fused"]
     assert result["test_splits"] == {"alpha": "test", "beta": "dev"}

@@ -30,11 +30,19 @@ def data(tmp_path_factory):
     return make_crops_dir(tmp_path_factory.mktemp("crops"), splits=("train", "test"), subjects=5, images_per_subject=6)
 
 
-def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, tracking, tmp_path, capsys):
+def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, tracking, tmp_path, capsys,
+                                                       monkeypatch):
+    import ray.data
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("training must stream its crops, not materialise them")
+
+    monkeypatch.setattr(ray.data.Dataset, "materialize", refuse)
     unseen = make_crops_dir(tmp_path / "other", datasets=("other",), splits=("test",), subjects=2, seed=3)
     config = TrainConfig(data=str(data.root), model="attacknet", epochs=3, workers=2, experiment="t",
-                         register="t-attacknet", promote=True, patience=5, cross_data=str(unseen.root))
+                         register="t-attacknet", promote=True, patience=5, cross_data=str(unseen.root), stream=True)
     summary = run_training(config)
+    assert summary["streamed"] is True
     assert {"run_id", "model_uri", "version", "threshold", "dev", "epochs_run", "seconds"} <= set(summary)
     assert summary["epochs_run"] == 3 and summary["version"] == "1"
     # one progress line per epoch reached the driver's stderr while training ran
@@ -67,6 +75,7 @@ def test_early_stopping_ends_the_run_when_patience_is_reached(ray_session, data,
                          lr=0.0, freeze_norm=True, patience=1)
     summary = run_training(config)
     assert (summary["epochs_run"], summary["best_epoch"]) == (2, 0)
+    assert summary["streamed"] is False  # small data: decoded once and held (auto)
     steps = [m.step for m in mlflow.MlflowClient().get_metric_history(summary["run_id"], "dev_loss")]
     assert steps == [0, 1]
 
