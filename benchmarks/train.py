@@ -195,13 +195,18 @@ def main() -> None:
             result["ratio"] = round(result["ray_train"]["samples_per_second"]
                                     / result["plain_single_process"]["samples_per_second"], 2)
             result["goal_ratio"] = GOAL_RATIO
-            for scale in (s for s in scales if s != 1):
-                data = repeated_data(args.data, scale, Path(tmp) / f"x{scale}")
-                result[f"ray_train_x{scale}"] = {"scale": scale, **ray_train(
-                    dataclasses.replace(config, data=data, run_name=f"x{scale}"))}
-                result[f"memory_growth_x{scale}"] = round(result[f"ray_train_x{scale}"]["peak_total_mib"]
-                                                          / result["ray_train"]["peak_total_mib"], 2)
-            if len(scales) > 1:
+            if len(scales) > 1:  # memory as the data grows: streamed at every scale
+                streamed = dataclasses.replace(config, stream=True)
+                result["ray_train_streamed"] = ray_train(streamed)
+                result["ratio_streamed"] = round(result["ray_train_streamed"]["samples_per_second"]
+                                                 / result["plain_single_process"]["samples_per_second"], 2)
+                for scale in (s for s in scales if s != 1):
+                    data = repeated_data(args.data, scale, Path(tmp) / f"x{scale}")
+                    result[f"ray_train_streamed_x{scale}"] = {"scale": scale, **ray_train(
+                        dataclasses.replace(streamed, data=data, run_name=f"x{scale}"))}
+                    result[f"memory_growth_x{scale}"] = round(
+                        result[f"ray_train_streamed_x{scale}"]["peak_total_mib"]
+                        / result["ray_train_streamed"]["peak_total_mib"], 2)
                 result["goal_memory_growth"] = GOAL_MEMORY_GROWTH
     out = Path(args.out or HERE / "results" / f"train_{args.model}{'_cuda' if args.cuda_only else ''}.json")
     out.parent.mkdir(parents=True, exist_ok=True)

@@ -391,7 +391,8 @@ def streaming_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelS
     if seed is not None:
         dataset = dataset.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
     return dataset.map_batches(read_role_files, fn_kwargs={"role": role, "plan": plan, "spec": spec},
-                               batch_size=1, batch_format="numpy", num_cpus=0, concurrency=READ_TASKS)
+                               batch_size=1, batch_format="numpy", num_cpus=0,
+                               compute=ray.data.TaskPoolStrategy(size=READ_TASKS))
 
 
 def iter_local_batches(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,
