@@ -5,7 +5,8 @@ fused on all), tests each on every dataset and writes the HTER/FAR/FRR matrix
 (the AttackNet paper's Table 4) as CSV, Markdown and JSON. Rows train one after another
 (each training spreads over the cluster's workers); each cell is a Ray task (one CPU),
 submitted as soon as its row's model exists, so a row's cells score while the next row
-trains and the cells of a row run side by side where the cluster has CPUs. It sits beside
+trains and the cells of a row run side by side where the cluster has CPUs. A failing cell
+is raised; cells still running are left to finish (see :func:`raypipe.runtime.run_at_most`). It sits beside
 :mod:`raypipe.pipeline`: both chain the stage modules (train, evaluate) and neither
 stage imports it.
 """
@@ -98,17 +99,12 @@ def cross_dataset(config: CrossDatasetConfig, address: str | None = None,
     cell_task = ray.remote(num_cpus=1, max_retries=0)(_cell)
     models: dict[str, dict[str, Any]] = {}
     pending: dict[tuple[str, str], Any] = {}
-    try:
-        for name, sets in training_sets(config).items():
-            models[name] = _train_one(train, name, sets)
-            # its cells score in Ray tasks while the next row trains
-            pending.update({(name, d): cell_task.remote(portable, models[name]["model_uri"], d, splits[d])
-                            for d in config.datasets})
-        cells = {name: {d: ray.get(pending[(name, d)]) for d in config.datasets} for name in models}
-    except BaseException:
-        for ref in pending.values():
-            ray.cancel(ref)
-        raise
+    for name, sets in training_sets(config).items():
+        models[name] = _train_one(train, name, sets)
+        # its cells score in Ray tasks while the next row trains
+        pending.update({(name, d): cell_task.remote(portable, models[name]["model_uri"], d, splits[d])
+                        for d in config.datasets})
+    cells = {name: {d: ray.get(pending[(name, d)]) for d in config.datasets} for name in models}
     notes = [f"{d}: no test rows, evaluated on its dev split (models trained on {d} chose their threshold "
              "there, so their cells are optimistic)"
              for d, s in splits.items() if s != "test"]

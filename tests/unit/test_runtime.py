@@ -206,4 +206,4 @@ def test_run_at_most_raises_the_first_failure(ray_session):
 
     task = ray.remote(num_cpus=0)(_sleep_then)
     with pytest.raises(ValueError, match="task -1 failed"):
-        runtime.run_at_most([lambda v=v: task.remote(v, 0.1 if v < 0 else 30) for v in (-1, 2, 3)], 2)
+        runtime.run_at_most([lambda v=v: task.remote(v, 0.1 if v < 0 else 1) for v in (-1, 2, 3)], 2)
