@@ -35,7 +35,7 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 from raypipe import crops  # noqa: E402
 from raypipe.models import build_transforms, get_spec  # noqa: E402
-from raypipe.train import TrainConfig, build_model_and_loss, collate, evaluate, train_one_epoch  # noqa: E402
+from raypipe.train import TrainConfig, build_model_and_loss, evaluate, local_batches, train_one_epoch  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 GOAL_RATIO = 0.9
@@ -120,13 +120,6 @@ def repeated_data(data: str, times: int, out: Path) -> str:
     return str(out)
 
 
-def batches(data: dict[str, np.ndarray], batch_size: int, rng: np.random.Generator | None = None):
-    order = rng.permutation(len(data["label"])) if rng is not None else np.arange(len(data["label"]))
-    for start in range(0, len(order), batch_size):
-        pick = order[start:start + batch_size]
-        yield collate({key: value[pick] for key, value in data.items()})
-
-
 def plain_loop(config: TrainConfig, device: torch.device) -> dict:
     """One process using every core through PyTorch's intra-op threads (and the GPU if asked)."""
     index = crops.read_index(config.data, config.datasets)
@@ -142,8 +135,8 @@ def plain_loop(config: TrainConfig, device: torch.device) -> dict:
     seconds = []
     for _ in range(config.epochs):
         started = time.perf_counter()
-        train_one_epoch(model, batches(train, config.batch_size, rng), loss_fn, optimizer, train_tf, device)
-        evaluate(model, batches(dev, 256), loss_fn, eval_tf, device)
+        train_one_epoch(model, local_batches(train, config.batch_size, rng), loss_fn, optimizer, train_tf, device)
+        evaluate(model, local_batches(dev, 256), loss_fn, eval_tf, device)
         if device.type == "cuda":
             torch.cuda.synchronize()
         seconds.append(time.perf_counter() - started)
@@ -161,7 +154,7 @@ def ray_train(config: TrainConfig) -> dict:
     started = time.perf_counter()
     with MemorySampler() as memory:
         summary = run_training(config)
-    return {"workers": config.workers, "epochs": summary["epochs_run"],
+    return {"workers": config.workers, "cpus_per_worker": config.cpus_per_worker, "epochs": summary["epochs_run"],
             "samples_per_second": summary["train_samples_per_second"],
             "wall_seconds": round(time.perf_counter() - started, 1), "run_id": summary["run_id"], **memory.mib()}
 
@@ -172,6 +165,7 @@ def main() -> None:
     parser.add_argument("--model", default="attacknet")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--workers", type=int, default=2)
+    parser.add_argument("--cpus-per-worker", type=int, default=1)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--cuda-only", action="store_true", help="plain loop on CUDA with bf16 autocast only")
     parser.add_argument("--scales", default="1", help="data sizes for Ray Train, e.g. 1,10 (the crops repeated)")
@@ -185,6 +179,7 @@ def main() -> None:
                     "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     with tempfile.TemporaryDirectory(prefix="raypipe-bench-train-") as tmp:
         config = TrainConfig(data=args.data, model=args.model, epochs=args.epochs, workers=args.workers,
+                             cpus_per_worker=args.cpus_per_worker,
                              batch_size=args.batch_size, patience=10_000, experiment="benchmark-train",
                              tracking_uri=f"sqlite:///{tmp}/mlflow.db", storage_path=f"{tmp}/ray_results")
         if args.cuda_only:
@@ -194,6 +189,14 @@ def main() -> None:
             result["ray_train"] = ray_train(config)
             result["ratio"] = round(result["ray_train"]["samples_per_second"]
                                     / result["plain_single_process"]["samples_per_second"], 2)
+            cpus = os.cpu_count() or 1
+            if args.workers != 1 or args.cpus_per_worker != cpus:
+                # The plain loop's own setting in Ray Train: one process, every core as torch threads
+                # (what --workers 1 --cpus-per-worker N gives a user on one machine).
+                one = dataclasses.replace(config, workers=1, cpus_per_worker=cpus, run_name="one-worker")
+                result["ray_train_one_worker"] = ray_train(one)
+                result["ratio_one_worker"] = round(result["ray_train_one_worker"]["samples_per_second"]
+                                                   / result["plain_single_process"]["samples_per_second"], 2)
             result["goal_ratio"] = GOAL_RATIO
             if len(scales) > 1:  # memory as the data grows: streamed at every scale
                 streamed = dataclasses.replace(config, stream=True)

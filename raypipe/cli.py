@@ -95,8 +95,8 @@ def add_address(p: argparse.ArgumentParser) -> None:
 
 # --------------------------------------------------------------------------------------
 
-PREPROCESS_FIELDS = ["dataset", "root", "out", "split", "frames_per_video", "every", "limit", "workers", "max_actors",
-                     "resume"]
+PREPROCESS_FIELDS = ["dataset", "root", "out", "split", "frames_per_video", "every", "limit", "name", "workers",
+                     "max_actors", "resume"]
 FACE_FIELDS = ["expand", "crop_size", "model", "min_score", "png_compression"]
 
 
@@ -174,8 +174,8 @@ def cmd_demo_data(args: argparse.Namespace) -> dict:
 
 
 # Every TrainConfig field a user sets from the command line (the rest keep their defaults).
-TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "stream", "shuffle_buffer", "use_gpu",
-                "loss",
+TRAIN_FIELDS = ["model", "epochs", "batch_size", "lr", "patience", "workers", "cpus_per_worker", "stream",
+                "shuffle_buffer", "use_gpu", "loss",
                 "pretrained", "freeze_norm",
                 "datasets", "dev_by", "dev_fraction", "threshold_rule", "cross_data", "experiment", "run_name",
                 "register", "promote", "force", "storage_path", "seed", "tracking_uri", "resume"]

@@ -51,6 +51,9 @@ class PreprocessConfig:
                                            exclusive="frame sampling")
     every: int | None = setting(None, "every k-th frame instead of N evenly spaced", exclusive="frame sampling")
     limit: int | None = setting(None, "a deterministic pseudo-random subset of N inputs")
+    name: str | None = setting(None, "the dataset name the crops are stored and read under (default: the adapter's, "
+                                     "followed by its protocol/fold where they are not the defaults, e.g. "
+                                     "oulu_npu.protocol2: protocols of one dataset share an --out)")
     face: FaceConfig = setting(factory=FaceConfig)
     workers: int | None = setting(None, "a fixed pool of N face-cropper actors (default: an autoscaling pool, "
                                         "see --max-actors)", exclusive="actor pool")
@@ -121,6 +124,8 @@ class TrainConfig:
     patience: int = setting(10, "early stopping: epochs without a better dev loss")
     weight_decay: float = 0.0
     workers: int = setting(2, "Ray Train workers (DDP)")
+    cpus_per_worker: int = setting(1, "CPUs each worker holds and uses as PyTorch threads (e.g. one worker per "
+                                      "node with all its CPUs; CPUs for a GPU worker's input work)")
     stream: bool | None = setting(None, "stream the crops from Parquet every epoch, nothing held in the object "
                                         "store (default: when the decoded inputs would fill more than a quarter "
                                         "of it)", flag="--stream")

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -30,9 +30,10 @@ import pyarrow.parquet as pq
 
 from raypipe import storage
 from raypipe.datasets.base import ATTACK, LIVE
-from raypipe.face import box_in_crop, decode_crop
-from raypipe.models.base import ModelSpec
-from raypipe.models.transforms import model_inputs
+from raypipe.face import box_in_crop, cut_face_regions, decode_crop
+
+if TYPE_CHECKING:  # raypipe.models imports torch; the readers below must not (see InputCut)
+    from raypipe.models.base import ModelSpec
 
 INDEX_COLUMNS = ["sample_id", "dataset", "split", "subject", "label", "attack_type",
                  "session", "device", "pai_type", "pipeline_version"]
@@ -80,6 +81,23 @@ def read_index(data: str | Path, datasets: list[str] | None = None,
     if table.num_rows == 0:
         raise ValueError(f"no face crops under {crops_path(data)} (datasets={datasets})")
     return table
+
+
+def check_one_protocol(data: str | Path, datasets: list[str] | None = None) -> None:
+    """Refuse a choice of datasets that holds two protocols/folds of one dataset (stored side
+    by side under their own names, see :func:`raypipe.preprocess.stored_name`): one
+    protocol's test subjects are another's training subjects. ``--datasets`` picks one."""
+    manifest = storage.read_json(storage.join(storage.absolute(data), "manifest.json"), default={})
+    protocols: dict[str, dict[str, str]] = {}
+    for name, entry in manifest.items():
+        if isinstance(entry, dict) and entry.get("adapter") and (not datasets or name in datasets):
+            options = json.dumps(entry.get("partition_options") or {}, sort_keys=True)
+            protocols.setdefault(entry["adapter"], {}).setdefault(options, name)
+    mixed = {adapter: sorted(names.values()) for adapter, names in protocols.items() if len(names) > 1}
+    if mixed:
+        listed = "; ".join(f"{adapter}: {', '.join(names)}" for adapter, names in sorted(mixed.items()))
+        raise ValueError(f"{storage.redact(str(data))} holds several protocols of one dataset ({listed}): "
+                         "choose one with --datasets")
 
 
 def _rank(seed: int, dataset: str, value: str) -> str:
@@ -292,22 +310,45 @@ def crop_boxes(batch: pa.Table) -> np.ndarray:
                     dtype=np.float64).reshape(-1, 4)
 
 
+@dataclass(frozen=True)
+class InputCut:
+    """A model's face region as plain values: its input size and its spec's crop.
+
+    What the crop readers hold instead of the :class:`~raypipe.models.ModelSpec`: unpickling a
+    ModelSpec imports ``raypipe.models`` and with it torch, and Ray Data starts fresh reader
+    processes every epoch of a streamed training, where importing torch cost 4-10 s each.
+    Calling it is :func:`raypipe.models.model_inputs` (both are
+    :func:`raypipe.face.cut_face_regions` with the spec's values; a test holds them equal).
+    """
+
+    size: int
+    scale: float
+    shape: str
+
+    @classmethod
+    def of(cls, spec: ModelSpec | InputCut) -> InputCut:
+        return spec if isinstance(spec, InputCut) else cls(spec.input_size, spec.crop.scale, spec.crop.shape)
+
+    def __call__(self, crops: np.ndarray, boxes_in_crop: np.ndarray) -> np.ndarray:
+        return cut_face_regions(crops, boxes_in_crop, self.size, self.scale, self.shape)
+
+
 class DecodeCrops:
     """Rows of one role -> {"image": the model's input (uint8 SxSx3, S = its input size), "label", ...}.
 
-    The image is cut from the stored crop by :func:`raypipe.models.model_inputs`, the very
-    function serving calls on the crops it makes.
+    The image is cut from the stored crop by :class:`InputCut`, i.e.
+    :func:`raypipe.models.model_inputs`, the very function serving calls on the crops it makes.
     """
 
-    def __init__(self, role: str, plan: SplitPlan, spec: ModelSpec) -> None:
-        self.role, self.plan, self.spec = role, plan, spec
+    def __init__(self, role: str, plan: SplitPlan, spec: ModelSpec | InputCut) -> None:
+        self.role, self.plan, self.cut = role, plan, InputCut.of(spec)
 
     def __call__(self, batch: pa.Table) -> dict[str, np.ndarray]:
         keep = self.plan.roles(batch) == self.role
         batch = batch.filter(pa.array(keep))
         crops = batch["crop"].to_pylist()
-        images = (model_inputs(np.stack([decode_crop(c) for c in crops]), crop_boxes(batch), self.spec) if crops
-                  else np.zeros((0, self.spec.input_size, self.spec.input_size, 3), np.uint8))
+        images = (self.cut(np.stack([decode_crop(c) for c in crops]), crop_boxes(batch)) if crops
+                  else np.zeros((0, self.cut.size, self.cut.size, 3), np.uint8))
         return {"image": images, "label": batch["label"].to_numpy().astype(np.int64),
                 "attack_type": np.array(batch["attack_type"].to_pylist(), dtype=object),
                 "sample_id": np.array(batch["sample_id"].to_pylist(), dtype=object)}
@@ -327,7 +368,7 @@ def ray_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,
                                partitioning=ray.data.datasource.Partitioning("hive"))
     if datasets:
         ds = ds.filter(lambda row: row["dataset"] in datasets)
-    return ds.map_batches(DecodeCrops, fn_constructor_args=(role, plan, spec), batch_format="pyarrow",
+    return ds.map_batches(DecodeCrops, fn_constructor_args=(role, plan, InputCut.of(spec)), batch_format="pyarrow",
                           batch_size=batch_size, compute=ray.data.ActorPoolStrategy(min_size=1, max_size=2),
                           num_cpus=0.5)
 
@@ -351,7 +392,8 @@ def role_files(data: str | Path, role: str, plan: SplitPlan, datasets: list[str]
     return found
 
 
-def read_role_files(batch: dict[str, np.ndarray], role: str, plan: SplitPlan, spec: ModelSpec) -> dict[str, np.ndarray]:
+def read_role_files(batch: dict[str, np.ndarray], role: str, plan: SplitPlan,
+                    spec: ModelSpec | InputCut) -> dict[str, np.ndarray]:
     """Ray Data ``map_batches`` function: the listed files' rows of ``role``, decoded into
     model inputs (:class:`DecodeCrops`). The files lack their partition columns; they are
     added from the listing."""
@@ -390,7 +432,7 @@ def streaming_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelS
     dataset = ray.data.from_items(files, override_num_blocks=len(files))
     if seed is not None:
         dataset = dataset.randomize_block_order(seed=RandomSeedConfig(seed=seed, reseed_after_execution=True))
-    return dataset.map_batches(read_role_files, fn_kwargs={"role": role, "plan": plan, "spec": spec},
+    return dataset.map_batches(read_role_files, fn_kwargs={"role": role, "plan": plan, "spec": InputCut.of(spec)},
                                batch_size=1, batch_format="numpy", num_cpus=0,
                                compute=ray.data.TaskPoolStrategy(size=READ_TASKS))
 

@@ -23,7 +23,8 @@ import threading
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Iterable, NamedTuple
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -51,6 +52,18 @@ def collate(batch: dict[str, np.ndarray]) -> dict[str, Any]:
     return {"image": torch.from_numpy(np.ascontiguousarray(batch["image"])).movedim(-1, 1),
             "label": torch.from_numpy(np.asarray(batch["label"], dtype=np.int64)),
             "attack_type": list(batch["attack_type"])}
+
+
+def local_batches(data: Mapping[str, np.ndarray], batch_size: int, rng: np.random.Generator | None = None,
+                  drop_last: bool = False) -> Iterator[dict[str, Any]]:
+    """Collated batches of rows held in memory, in a new order per call when ``rng`` is given
+    (a DataLoader with ``shuffle=True``): held training data and the plain-loop baseline."""
+    n = len(data["label"]) if "label" in data else 0
+    order = rng.permutation(n) if rng is not None else np.arange(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        pick = order[start:start + batch_size]
+        yield collate({key: value[pick] for key, value in data.items()})
 
 
 def _autocast(device: torch.device):
@@ -115,6 +128,17 @@ def evaluate(model: nn.Module, batches: Iterable[dict], loss_fn: nn.Module, tran
             "n": n, "labels": labels_np, "scores": scores_np, "attack_types": np.array(types_all, dtype=object)}
 
 
+def merge_evaluations(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """:func:`evaluate` results of disjoint parts of a split -> the result over the whole."""
+    n = sum(part["n"] for part in parts)
+    labels = np.concatenate([part["labels"] for part in parts])
+    scores = np.concatenate([part["scores"] for part in parts])
+    return {"loss": sum(part["loss"] * part["n"] for part in parts) / max(n, 1),
+            "accuracy": float(((scores >= 0.5) == labels).mean()) if n else 0.0, "n": n,
+            "labels": labels, "scores": scores,
+            "attack_types": np.concatenate([part["attack_types"] for part in parts])}
+
+
 def dev_hter(result: dict[str, Any]) -> float | None:
     """HTER at the dev EER threshold (None when dev lacks a class)."""
     labels, scores = result["labels"], result["scores"]
@@ -161,6 +185,22 @@ def _broadcast(value: float, device: torch.device) -> float:
     return float(tensor.item())
 
 
+def _gather_evaluation(result: dict[str, Any]) -> dict[str, Any]:
+    """Every rank scored its own slice of dev: the result over all of dev, on every rank."""
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return result
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, result)
+    return merge_evaluations(parts)
+
+
+def rank_slice(data: Mapping[str, np.ndarray], rank: int, world_size: int) -> dict[str, np.ndarray]:
+    """Rows ``rank``, ``rank + world_size``, ...: each rank's disjoint share of held rows."""
+    return {key: value[rank::world_size] for key, value in data.items()}
+
+
 def usable_device(assigned: torch.device) -> tuple[torch.device, str | None]:
     """The device Ray Train assigned, or the CPU and why when it is a CUDA device this process
     cannot use (a GPU node whose CUDA is missing or broken, a simulated cluster's fake GPUs)."""
@@ -199,6 +239,13 @@ def torch_config(use_gpu: bool) -> Any:
             return CudaOrGlooBackend
 
     return GpuTorchConfig()
+
+
+def worker_resources(config: TrainConfig, use_gpu: bool) -> dict[str, float]:
+    """What each Ray Train worker asks for: ``cpus_per_worker`` CPUs (its PyTorch threads), plus one GPU."""
+    if config.cpus_per_worker < 1:
+        raise ValueError(f"--cpus-per-worker must be at least 1, got {config.cpus_per_worker}")
+    return {"CPU": config.cpus_per_worker, **({"GPU": 1} if use_gpu else {})}
 
 
 def keeps_last_batch(train_rows: int, workers: int, batch_size: int) -> bool:
@@ -253,16 +300,30 @@ class RankZeroTracker:
         self.client.log_batch(self.run_id, metrics=batch)
 
 
+def hold_shard(shard: Any) -> dict[str, np.ndarray]:
+    """A worker's whole shard of a held (decoded, materialised) dataset as numpy arrays, read
+    once. Iterating the materialised Ray Dataset every epoch (block fetches, a local
+    shuffle buffer, format conversion) held one worker at 0.57x the plain PyTorch loop's
+    samples/s on this 2-core machine (docs/training.md, throughput). The rows are what the
+    object store holds already, so holding them is only chosen below the streaming
+    threshold (:func:`streams`)."""
+    parts = list(shard.iter_batches(batch_size=4096, batch_format="numpy"))
+    if not parts:
+        return {}
+    return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+
 def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
     config: TrainConfig = loop_config["config"]
-    rank = ray.train.get_context().get_world_rank()
+    rank, world_size = ray.train.get_context().get_world_rank(), ray.train.get_context().get_world_size()
     torch.manual_seed(config.seed + rank)
     device, fallback = usable_device(ray.train.torch.get_device())
     if fallback:
         log.warning("rank %d: %s", rank, fallback)
+    torch.set_num_threads(config.cpus_per_worker)  # the CPUs this worker holds, whatever OMP_NUM_THREADS says
     model, loss_fn = build_model_and_loss(config)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     state = _restore(model, optimizer)
@@ -274,21 +335,29 @@ def train_loop_per_worker(loop_config: dict[str, Any]) -> None:
     tracker = RankZeroTracker(loop_config["tracking_uri"], loop_config["run_id"]) if rank == 0 else None
     if tracker and state["restarts"]:
         tracker.log_epoch(state["epoch"], {"restarts": state["restarts"]})
-    pin = device.type == "cuda"
+    pin, drop_last = device.type == "cuda", not loop_config.get("keep_last_batch", False)  # see keeps_last_batch
+    held = None if loop_config["stream"] else {role: hold_shard(ray.train.get_dataset_shard(role))
+                                              for role in ("train", "dev")}
 
     for epoch in range(state["epoch"] + 1, config.epochs):
-        train_batches = ray.train.get_dataset_shard("train").iter_torch_batches(
-            batch_size=config.batch_size, collate_fn=collate,
-            local_shuffle_buffer_size=max(config.shuffle_buffer, config.batch_size) if loop_config["stream"]
-            else 4 * config.batch_size,
-            local_shuffle_seed=config.seed + epoch * 100 + rank, pin_memory=pin, device=device,
-            drop_last=not loop_config.get("keep_last_batch", False))  # see keeps_last_batch
-        dev_batches = ray.train.get_dataset_shard("dev").iter_torch_batches(
-            batch_size=256, collate_fn=collate, pin_memory=pin, device=device)
+        if held:  # small data: this worker's rows in memory, a new seeded order every epoch
+            train_batches = local_batches(held["train"], config.batch_size,
+                                          np.random.default_rng(config.seed + epoch * 100 + rank), drop_last)
+            dev_batches = local_batches(rank_slice(held["dev"], rank, world_size), 256)  # gathered below
+        else:
+            train_batches = ray.train.get_dataset_shard("train").iter_torch_batches(
+                batch_size=config.batch_size, collate_fn=collate,
+                local_shuffle_buffer_size=max(config.shuffle_buffer, config.batch_size),
+                local_shuffle_seed=config.seed + epoch * 100 + rank, pin_memory=pin, device=device,
+                drop_last=drop_last)
+            dev_batches = ray.train.get_dataset_shard("dev").iter_torch_batches(
+                batch_size=256, collate_fn=collate, pin_memory=pin, device=device)
         started = time.perf_counter()
         train_result = train_one_epoch(model, train_batches, loss_fn, optimizer, train_transform, device,
                                        freeze_norm=config.resolved_freeze_norm())
         dev_result = evaluate(model, dev_batches, loss_fn, eval_transform, device)
+        if held:  # each rank scored its slice of dev: every rank gets the whole
+            dev_result = _gather_evaluation(dev_result)
         dev_loss = _broadcast(dev_result["loss"], device)
         decision = early_stopping(state["best_loss"], state["bad_epochs"], dev_loss, config.patience)
         state["bad_epochs"] = decision.bad_epochs
@@ -476,6 +545,7 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
 
     started = time.perf_counter()
     tracking_uri = configure_tracking(config.tracking_uri)
+    crops.check_one_protocol(config.data, config.datasets)
     index = crops.read_index(config.data, config.datasets)
     face = crops.face_settings(config.data, config.datasets)  # stored with the model, for serving
     # Fail before training, not after it: a bad rule or an unreadable cross-data path.
@@ -509,7 +579,8 @@ def run_training(config: TrainConfig, address: str | None = None) -> dict[str, A
             train_loop_per_worker,
             train_loop_config={"config": config, "run_id": run.info.run_id, "tracking_uri": tracking_uri,
                                "keep_last_batch": keep_last_batch, "stream": stream},
-            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu),
+            scaling_config=ScalingConfig(num_workers=config.workers, use_gpu=use_gpu,
+                                         resources_per_worker=worker_resources(config, use_gpu)),
             torch_config=torch_config(use_gpu),
             run_config=RunConfig(name=train_run_name(config.experiment, run.info.run_id),
                                  storage_path=storage_path,

@@ -73,3 +73,32 @@ def test_serving_input_equals_training_input_pixel_for_pixel(cropper, name):
     served = [model_inputs(f.crops[:1], f.boxes[:1], spec)[0] for f in (find_faces(face_pipeline, d) for d in photos)]
     assert trained_on.shape == (2, spec.input_size, spec.input_size, 3)
     assert np.array_equal(trained_on, np.stack(served))
+
+
+def test_crop_readers_unpickle_without_torch():
+    """What Ray Data ships to a streamed training's reader processes must not import torch
+    (a fresh reader per epoch paid 4-10 s for it): the decoder holds an InputCut, not the spec."""
+    import base64
+    import pickle
+    import subprocess
+    import sys
+
+    from raypipe.crops import InputCut, read_role_files
+
+    decoder = DecodeCrops("train", SplitPlan(), get_spec("minifasnet_v2"))
+    shipped = base64.b64encode(pickle.dumps((decoder, read_role_files, InputCut.of(get_spec("resnet18"))))).decode()
+    probe = ("import base64, pickle, sys; decoder, fn, cut = pickle.loads(base64.b64decode(sys.argv[1])); "
+             "print(decoder.cut.size, cut.size, 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", probe, shipped], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == [str(get_spec("minifasnet_v2").input_size), str(get_spec("resnet18").input_size),
+                                  "False"]
+
+
+def test_input_cut_is_model_inputs():
+    from raypipe.crops import InputCut
+
+    rng = np.random.default_rng(0)
+    crops = rng.integers(0, 256, (3, 256, 256, 3), dtype=np.uint8)
+    boxes = np.array([[90, 80, 70, 90], [100, 100, 40, 60], [60, 70, 120, 110]], float)
+    for name in model_names():
+        assert np.array_equal(InputCut.of(get_spec(name))(crops, boxes), model_inputs(crops, boxes, get_spec(name)))

@@ -245,3 +245,51 @@ def test_resume_picks_the_latest_stopped_run_with_checkpoints(tmp_path, request)
             find_run_to_resume(config, str(storage))
     with pytest.raises(NothingToResume):
         find_run_to_resume(TrainConfig(data="", experiment="never-ran"), str(storage))
+
+
+def test_held_rows_come_in_a_new_seeded_order_every_epoch_each_row_once():
+    from raypipe.train import local_batches
+
+    data = {"image": np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3),
+            "label": np.arange(10) % 2, "attack_type": np.array(["live", "print"] * 5, dtype=object),
+            "sample_id": np.array([f"s{i}" for i in range(10)], dtype=object)}
+
+    def epoch(seed, drop_last=False):
+        return [b["image"][:, 0, 0, 0].tolist() for b in local_batches(data, 4, np.random.default_rng(seed), drop_last)]
+
+    first, second = epoch(1), epoch(2)
+    assert [len(b) for b in first] == [4, 4, 2]
+    starts = [int(x) for x in data["image"][:, 0, 0, 0]]
+    assert sorted(sum(first, [])) == sorted(starts) == sorted(sum(second, []))  # every row once
+    assert first != second and epoch(1) == first  # a new order per epoch, the same for a seed
+    assert [len(b) for b in epoch(1, drop_last=True)] == [4, 4]
+    in_order = list(local_batches(data, 4))
+    assert [int(x) for b in in_order for x in b["image"][:, 0, 0, 0]] == starts  # dev: stored order
+    assert in_order[0]["image"].shape == (4, 3, 2, 2) and in_order[0]["label"].dtype == torch.int64
+    assert list(local_batches({}, 4)) == []  # an empty shard
+
+
+def test_dev_scored_in_rank_slices_and_merged_equals_scoring_it_whole(small_data):
+    """Held dev is scored by each rank on its own slice, then gathered (train.merge_evaluations)."""
+    from raypipe.train import local_batches, merge_evaluations, rank_slice
+
+    config = TrainConfig(data=str(small_data.root), model="attacknet")
+    model, loss_fn = build_model_and_loss(config)
+    spec = get_spec("attacknet")
+    eval_tf = build_transforms(spec, None, train=False)
+    held = crops.load_role(small_data.root, "test", crops.plan_splits(crops.read_index(small_data.root)), spec)
+    whole = evaluate(model, local_batches(held, 7), loss_fn, eval_tf, torch.device("cpu"))
+    parts = [evaluate(model, local_batches(rank_slice(held, rank, 3), 7), loss_fn, eval_tf, torch.device("cpu"))
+             for rank in range(3)]
+    merged = merge_evaluations(parts)
+    assert merged["n"] == whole["n"] == sum(p["n"] for p in parts) and min(p["n"] for p in parts) > 0
+    assert merged["loss"] == pytest.approx(whole["loss"], rel=1e-5)
+    assert merged["accuracy"] == pytest.approx(whole["accuracy"])
+    # the same rows (scores aligned with their labels and types), in another order
+    def rows(result):
+        order = np.lexsort((result["scores"], result["labels"]))
+        return result["labels"][order], result["scores"][order], sorted(result["attack_types"])
+
+    merged_rows, whole_rows = rows(merged), rows(whole)
+    assert np.array_equal(merged_rows[0], whole_rows[0]) and merged_rows[2] == whole_rows[2]
+    assert np.allclose(merged_rows[1], whole_rows[1], atol=1e-5)  # batches of other rows: float noise only
