@@ -57,7 +57,8 @@ import pyarrow.compute as pc
 
 from raypipe import metrics
 from raypipe.config import EvaluateConfig
-from raypipe.crops import INDEX_COLUMNS, ROLES, SplitPlan, iter_local_batches, plan_splits, read_index
+from raypipe.crops import (INDEX_COLUMNS, ROLES, SplitPlan, check_one_protocol, iter_local_batches, plan_splits,
+                           read_index)
 from raypipe.labels import ATTACK, LIVE
 from raypipe.models.store import LoadedModel, configure_tracking, ensure_experiment, load_model
 from raypipe.predict import Predictor, Scored
@@ -152,6 +153,7 @@ def evaluate_model(config: EvaluateConfig) -> dict[str, Any]:
         metrics.parse_threshold_rule(config.threshold)
     if config.video_score not in metrics.VIDEO_SCORE_RULES:
         raise ValueError(f"video_score must be one of {metrics.VIDEO_SCORE_RULES}, got {config.video_score!r}")
+    check_one_protocol(config.data, config.datasets)
     started = time.perf_counter()
     configure_tracking(config.tracking_uri)
     loaded = load_model(config.model_uri)

@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import Counter
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -36,7 +36,7 @@ from pyarrow import fs as pafs
 
 from raypipe import storage
 from raypipe.config import PreprocessConfig
-from raypipe.datasets import get_adapter
+from raypipe.datasets import adapter_class, get_adapter
 from raypipe.datasets.frames import check_sampling
 from raypipe.face import FaceConfig, FaceError, FacePipeline
 from raypipe.runtime import init_ray
@@ -80,22 +80,26 @@ def read_bytes(path: str) -> bytes:
         return stream.read()
 
 
-def frame_sample_id(record: dict, frame_index: int) -> str:
+def frame_sample_id(record: dict, frame_index: int, namespace: str | None = None) -> str:
+    """A frame's id: its video's (``namespace``, the adapter's own dataset name, else the
+    record's), relative path and frame index, so a protocol's name never changes the ids."""
     from raypipe.datasets import sample_id
 
-    return sample_id(record["dataset"], record["rel_path"], frame_index)
+    return sample_id(namespace or record["dataset"], record["rel_path"], frame_index)
 
 
 class FaceCropper:
     """Ray Data callable class: one FacePipeline (one detector) per actor, reused."""
 
-    def __init__(self, face_config: FaceConfig, frames_per_video: int | None = None, every: int | None = None) -> None:
+    def __init__(self, face_config: FaceConfig, frames_per_video: int | None = None, every: int | None = None,
+                 namespace: str | None = None) -> None:
         import cv2
 
         cv2.setNumThreads(1)  # one actor per core: OpenCV's own threads only oversubscribe
         # bad sampling settings fail here, once, not as one reject per video
         self.frames_per_video, self.every = check_sampling(frames_per_video, every)
         self.pipeline = FacePipeline(face_config)
+        self.namespace = namespace  # what frame ids are made from (see frame_sample_id)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows: list[dict] = []
@@ -129,7 +133,7 @@ class FaceCropper:
             for frame_index, frame in frames:
                 read += 1
                 frame_record = {**record, "frame_index": frame_index,
-                                "sample_id": frame_sample_id(record, frame_index)}
+                                "sample_id": frame_sample_id(record, frame_index, self.namespace)}
                 yield self._crop_row(frame_record, frame)
         except Exception as exc:  # noqa: BLE001 - a decoder bug on one video must not kill the job either
             yield video_reject(record, exc)
@@ -184,22 +188,44 @@ def list_samples(config: PreprocessConfig) -> tuple[list[dict], dict]:
     samples = adapter.samples(config.split)
     if config.limit is not None:
         samples = sorted(samples, key=lambda s: s.sample_id)[: config.limit]
-    records = []
+    records, name = [], stored_name(config)
     for sample in samples:
         record = sample.to_record()
         record["extras"] = json.dumps(record["extras"], sort_keys=True)
+        record["dataset"] = name
         records.append({k: record[k] for k in SAMPLE_COLUMNS})
     return records, adapter.report.summary()
 
 
 class PartitionConflict(ValueError):
-    """The output already holds this dataset cut by other protocol options (OULU-NPU's
+    """The output already holds this dataset name cut by other protocol options (OULU-NPU's
     ``protocol``/``fold``): writing would replace those partitions with rows of another protocol."""
 
 
 #: adapter options that select *which* samples a split holds (not how they are described):
 #: output of one setting must not silently replace output of another.
 PARTITION_OPTIONS = ("protocol", "fold")
+
+
+def stored_name(config: PreprocessConfig) -> str:
+    """The dataset name the crops are partitioned (``crops/dataset=NAME/``), indexed and
+    selected (``--datasets NAME``) under: ``--name`` when given, else the adapter's name
+    followed by its :data:`PARTITION_OPTIONS` that differ from the adapter's defaults
+    (``oulu_npu`` for protocol 1, ``oulu_npu.protocol2``, ``oulu_npu.protocol3.fold2``), so
+    every protocol/fold of a dataset has partitions of its own in one ``--out``."""
+    if config.name:
+        return config.name
+    adapter = adapter_class(config.dataset)
+    chosen = {**adapter.default_options, **config.adapter_options}
+    changed = [k for k in PARTITION_OPTIONS if k in chosen and chosen[k] != adapter.default_options.get(k)]
+    return sample_namespace(config) + "".join(f".{k}{chosen[k]}" for k in changed)
+
+
+def sample_namespace(config: PreprocessConfig) -> str:
+    """The dataset name the adapter gives its samples (and their ids): its own name, or the
+    folder adapter's ``dataset_name`` option."""
+    adapter = adapter_class(config.dataset)
+    return {**adapter.default_options, **config.adapter_options}.get("dataset_name", adapter.name)
 
 
 def run_preprocess(config: PreprocessConfig, address: str | None = None) -> dict:
@@ -244,7 +270,8 @@ def run_preprocess(config: PreprocessConfig, address: str | None = None) -> dict
 def run_key(config: PreprocessConfig) -> str:
     """A digest of every setting that decides the output rows (not how fast they are made):
     a resumed run only reuses staging written with the same settings."""
-    settings = {"dataset": config.dataset, "root": storage.absolute(config.root), "split": config.split,
+    settings = {"dataset": config.dataset, "name": stored_name(config), "root": storage.absolute(config.root),
+                "split": config.split,
                 "limit": config.limit, "options": config.adapter_options, "face": asdict(config.face),
                 "sampling": check_sampling(config.frames_per_video, config.every)}
     return hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -287,14 +314,15 @@ def check_partition_options(out: str, config: PreprocessConfig) -> None:
     """Refuse to replace a dataset's partitions written under other :data:`PARTITION_OPTIONS`
     (OULU-NPU protocol 2 over protocol 1): readers key crops by dataset and split, so two
     protocols cannot share one output. Outputs from before options were recorded pass."""
-    previous = storage.read_json(storage.join(out, "manifest.json"), default={}).get(config.dataset) or {}
+    name = stored_name(config)
+    previous = storage.read_json(storage.join(out, "manifest.json"), default={}).get(name) or {}
     if "partition_options" not in previous:
         return
     before, now = previous["partition_options"], partition_options(config)
     if before != now:
         raise PartitionConflict(
-            f"{storage.redact(out)} holds {config.dataset} preprocessed with {before}; {now} would replace "
-            "its partitions. Use another --out per protocol/fold.")
+            f"{storage.redact(out)} holds {name} preprocessed with {before}; {now} would replace "
+            "its partitions. Give this protocol/fold another --name (or leave --name out), or another --out.")
 
 
 def pool_size(config: PreprocessConfig, batches: int, capacity: dict[str, float]) -> dict[str, int]:
@@ -320,7 +348,7 @@ def _write_staging(records: list[dict], config: PreprocessConfig, staging: str, 
     dataset = ray.data.from_items(records, override_num_blocks=min(blocks, len(records)))
     crops = dataset.map_batches(
         FaceCropper,
-        fn_constructor_args=(config.face, config.frames_per_video, config.every),
+        fn_constructor_args=(config.face, config.frames_per_video, config.every, sample_namespace(config)),
         batch_size=batch_size, batch_format="pyarrow",
         compute=ray.data.ActorPoolStrategy(min_size=actors["min"], max_size=actors["max"],
                                            initial_size=actors["initial"]),
@@ -390,12 +418,13 @@ def _write_manifest(out: str, config: PreprocessConfig, summary: dict, carved_fr
     manifest = storage.read_json(path, default={})
     face = asdict(config.face)
     frames_per_video, every = check_sampling(config.frames_per_video, config.every)  # the sampling applied
-    manifest[config.dataset] = {"summary": summary, "split": config.split, "root": storage.redact(config.root),
-                                "face": face, "pipeline_version": config.face.version(),
-                                "frames_per_video": frames_per_video, "every": every,
-                                "partition_options": partition_options(config)}
+    name = stored_name(config)
+    manifest[name] = {"summary": summary, "split": config.split, "root": storage.redact(config.root),
+                      "face": face, "pipeline_version": config.face.version(),
+                      "frames_per_video": frames_per_video, "every": every,
+                      "adapter": config.dataset, "partition_options": partition_options(config)}
     if carved_from:
-        manifest[config.dataset]["carved_from"] = storage.redact(carved_from)
+        manifest[name]["carved_from"] = storage.redact(carved_from)
     storage.write_json(path, manifest)
 
 
@@ -411,9 +440,10 @@ class ReleaseMismatch(ValueError):
 def check_release(release: str, config: PreprocessConfig, release_options: dict[str, Any]) -> None:
     """Refuse to carve from a folder that is not ``config``'s dataset cropped whole, from the
     same root, with the same face pipeline and frame sampling."""
-    entry = storage.read_json(storage.join(release, "manifest.json"), default={}).get(config.dataset)
+    name = release_name(config, release_options)
+    entry = storage.read_json(storage.join(release, "manifest.json"), default={}).get(name)
     if not entry:
-        raise ReleaseMismatch(f"{storage.redact(release)} holds no {config.dataset} crops to carve from")
+        raise ReleaseMismatch(f"{storage.redact(release)} holds no {name} crops to carve from")
     frames_per_video, every = check_sampling(config.frames_per_video, config.every)
     expected = {"split": "all", "root": storage.redact(config.root), "face": asdict(config.face),
                 "frames_per_video": frames_per_video, "every": every}
@@ -423,6 +453,12 @@ def check_release(release: str, config: PreprocessConfig, release_options: dict[
     if differ:
         details = "; ".join(f"{k}: release has {have!r}, wanted {want!r}" for k, (have, want) in differ.items())
         raise ReleaseMismatch(f"cannot carve {config.dataset} from {storage.redact(release)}: {details}")
+
+
+def release_name(config: PreprocessConfig, release_options: dict[str, Any]) -> str:
+    """The name the whole release is stored under: ``config.name`` when given, else the
+    adapter's name with the release options (``oulu_npu.protocol0``)."""
+    return stored_name(replace(config, adapter_options=dict(release_options)))
 
 
 def carve(release: str, config: PreprocessConfig, release_options: dict[str, Any]) -> dict:
@@ -445,7 +481,8 @@ def carve(release: str, config: PreprocessConfig, release_options: dict[str, Any
     storage.delete_dir(staging)
     samples = pa.Table.from_pylist(records)
     for status, table in (("ok", CROPS_DIR), ("rejected", REJECTS_DIR)):
-        rows = _carved_rows(_read_dataset(storage.join(release, table), config.dataset), samples)
+        rows = _carved_rows(_read_dataset(storage.join(release, table), release_name(config, release_options)),
+                            samples)
         for (dataset, split), part in _by_partition(rows, samples).items():
             target = _partition_dir(storage.join(staging, f"status={status}"), dataset, split)
             filesystem, path = storage.resolve(storage.join(target, "carved-0.parquet"))

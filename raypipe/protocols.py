@@ -258,7 +258,9 @@ def prepare_data(config: BenchmarkConfig, fold: Fold, roots: dict[str, str], add
         if is_preprocessed(data, dataset, roots[dataset], config.frames_per_video):
             done[dataset] = "reused"
             continue
-        job = PreprocessConfig(dataset=dataset, root=roots[dataset], out=data,
+        # Stored under the bare dataset name: each fold's data folder holds one protocol/fold
+        # of it, and the fold's roles name datasets (see preprocess.stored_name).
+        job = PreprocessConfig(dataset=dataset, root=roots[dataset], out=data, name=dataset,
                                frames_per_video=config.frames_per_video, adapter_options=dict(options))
         release = adapter_class(dataset).release_options
         if release is not None and release_dir(config, dataset, release) != data:
@@ -383,7 +385,7 @@ def run_fold(config: BenchmarkConfig, protocol: Protocol, fold: Fold, rule: str,
 
 def fold_slots(config: BenchmarkConfig, folds: int) -> int:
     """How many folds train side by side: ``concurrent_folds``, else as many trainings as the
-    cluster can hold (GPUs per training's workers, or CPUs per workers + one for its data)."""
+    cluster can hold (GPUs per training's workers, or its workers' CPUs + one for its data)."""
     from raypipe.runtime import cluster_capacity, resolve_use_gpu
 
     if folds <= 1:
@@ -394,7 +396,7 @@ def fold_slots(config: BenchmarkConfig, folds: int) -> int:
     if resolve_use_gpu(train.use_gpu):
         room = capacity.get("GPU", 0) // train.workers
     else:
-        room = capacity.get("CPU", 0) // (train.workers + 1)
+        room = capacity.get("CPU", 0) // (train.workers * train.cpus_per_worker + 1)
     return int(max(1, min(room, folds)))
 
 

@@ -29,6 +29,7 @@ PUBLISHED_THRESHOLD = 0.5
 def calibrate(predictor: Predictor, config: RegisterPretrainedConfig) -> tuple[float, dict[str, Any], str]:
     """(threshold, dev metrics, dev rule) on the calibration data's dev split."""
     data, datasets = config.calibration_data, config.datasets
+    crops.check_one_protocol(data, datasets)
     plan = crops.plan_splits(crops.read_index(data, datasets), config.dev_fraction, config.seed, config.dev_by)
     scored = predictor.score_batches(crops.iter_local_batches(data, "dev", plan, predictor.spec, datasets))
     if scored.labels.size == 0:

@@ -13,6 +13,7 @@ from raypipe.config import PreprocessConfig
 from raypipe.preprocess import (
     PartitionConflict,
     check_partition_options,
+    stored_name,
     pool_size,
     run_key,
     source_key,
@@ -69,16 +70,27 @@ def test_a_resume_reads_what_was_written_and_drops_files_the_crash_cut(tmp_path)
     assert source_key({"dataset": "folder", "rel_path": "live/a.jpg"}) in written_sources(str(staging))
 
 
-def test_one_output_holds_one_protocol_of_a_dataset(tmp_path):
+def test_each_protocol_is_stored_under_its_own_name(tmp_path):
+    assert stored_name(config(tmp_path, dataset="oulu_npu")) == "oulu_npu"  # the defaults: protocol 1
+    assert stored_name(config(tmp_path, dataset="oulu-npu", adapter_options={"protocol": 1})) == "oulu_npu"
+    assert stored_name(config(tmp_path, dataset="oulu_npu", adapter_options={"protocol": 2})) == "oulu_npu.protocol2"
+    assert stored_name(config(tmp_path, dataset="oulu_npu", adapter_options={"protocol": 4, "fold": 3})) == \
+        "oulu_npu.protocol4.fold3"
+    assert stored_name(config(tmp_path, dataset="oulu_npu", adapter_options={"protocol": 2}, name="p2")) == "p2"
+    assert stored_name(config(tmp_path, adapter_options={"dataset_name": "mine"})) == "mine"
+    assert stored_name(config(tmp_path, dataset="nuaa")) == "nuaa"
+
+
+def test_one_name_holds_one_protocol_of_a_dataset(tmp_path):
     (tmp_path / "out").mkdir()
     manifest = tmp_path / "out" / "manifest.json"
     manifest.write_text(json.dumps({"oulu_npu": {"partition_options": {"protocol": 1, "fold": 1}}}))
     check_partition_options(str(tmp_path / "out"), config(tmp_path, dataset="oulu_npu"))  # the defaults: protocol 1
     check_partition_options(str(tmp_path / "out"), config(tmp_path, dataset="oulu_npu",
-                                                          adapter_options={"protocol": 1}))
-    with pytest.raises(PartitionConflict, match="another --out"):
-        check_partition_options(str(tmp_path / "out"), config(tmp_path, dataset="oulu_npu",
+                                                          adapter_options={"protocol": 2}))  # its own name
+    with pytest.raises(PartitionConflict, match="another --name"):
+        check_partition_options(str(tmp_path / "out"), config(tmp_path, dataset="oulu_npu", name="oulu_npu",
                                                               adapter_options={"protocol": 2}))
     manifest.write_text(json.dumps({"oulu_npu": {"summary": {}}}))  # written before options were recorded
-    check_partition_options(str(tmp_path / "out"), config(tmp_path, dataset="oulu_npu",
+    check_partition_options(str(tmp_path / "out"), config(tmp_path, dataset="oulu_npu", name="oulu_npu",
                                                           adapter_options={"protocol": 2}))

@@ -272,3 +272,18 @@ def test_reading_crops_holds_out_a_session(crops_dir, tmp_path):
     dev_ids = set(column(index, "sample_id")[train_rows & (column(index, "session") == held)])
     assert dev_ids and read_ids(data, "dev", plan) == dev_ids
     assert not read_ids(data, "train", plan) & dev_ids
+
+
+def test_a_choice_holding_two_protocols_of_one_dataset_is_refused(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({
+        "oulu_npu": {"adapter": "oulu_npu", "partition_options": {"protocol": 1, "fold": 1}},
+        "oulu_npu.protocol2": {"adapter": "oulu_npu", "partition_options": {"protocol": 2, "fold": 1}},
+        "msu": {"adapter": "folder", "partition_options": {}},
+        "mine": {"adapter": "folder", "partition_options": {}},  # two folder datasets: not protocols
+        "old": {"summary": {}}}))  # written before adapters were recorded
+    with pytest.raises(ValueError, match="oulu_npu: oulu_npu, oulu_npu.protocol2.*--datasets"):
+        crops.check_one_protocol(tmp_path)
+    with pytest.raises(ValueError, match="several protocols"):
+        crops.check_one_protocol(tmp_path, ["oulu_npu", "oulu_npu.protocol2", "msu"])
+    crops.check_one_protocol(tmp_path, ["oulu_npu.protocol2", "msu", "mine", "old"])
+    crops.check_one_protocol(tmp_path / "absent")  # no manifest: nothing to check
