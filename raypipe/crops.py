@@ -414,10 +414,12 @@ READ_TASKS = 2
 
 
 def streaming_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelSpec,
-                      datasets: list[str] | None = None, seed: int | None = None):
+                      datasets: list[str] | None = None, seed: int | None = None,
+                      files: list[dict[str, str]] | None = None):
     """A Ray Dataset of one role for Ray Train, streamed: each epoch lists nothing, reads the
     crop files (in a new seeded order per epoch when ``seed`` is given) and decodes them
-    into model inputs; nothing whose size grows with the data is materialised.
+    into model inputs; nothing whose size grows with the data is materialised. ``files``:
+    a part of :func:`role_files` (e.g. one rank's share of dev), else all of them.
 
     One block per file, read by tasks that ask for no CPU (at most :data:`READ_TASKS` at
     once): on a machine whose CPUs the training workers hold, readers that asked for one
@@ -426,7 +428,7 @@ def streaming_dataset(data: str | Path, role: str, plan: SplitPlan, spec: ModelS
     import ray
     from ray.data import RandomSeedConfig
 
-    files = role_files(data, role, plan, datasets)
+    files = role_files(data, role, plan, datasets) if files is None else files
     if not files:
         raise ValueError(f"no crop files for role {role!r} under {storage.redact(crops_path(data))}")
     dataset = ray.data.from_items(files, override_num_blocks=len(files))

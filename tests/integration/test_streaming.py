@@ -62,3 +62,17 @@ def test_every_epoch_reads_every_row_once_in_a_new_order(ray_session, data, plan
     expected = sorted(crops.load_role(data.root, "train", plan, SPEC)["sample_id"])
     assert all(sorted(order) == expected for order in epochs)
     assert len({tuple(order) for order in epochs}) > 1
+
+
+def test_streamed_dev_is_split_across_ranks_every_row_once(ray_session, data, plan):
+    """Streamed training gives each rank its own part of dev (train.dev_part_name), so no dev row
+    is read, decoded or scored twice an epoch; together the parts are all of dev."""
+    from raypipe.train import TrainConfig, dev_part_name, training_datasets
+
+    datasets = training_datasets(TrainConfig(data=str(data.root), workers=3), plan, SPEC, stream=True)
+    parts = [[sid for batch in datasets[dev_part_name(rank)].iter_batches(batch_format="numpy")
+              for sid in batch["sample_id"]] for rank in range(3)]
+    assert all(parts)  # 8 dev-holding files over 3 ranks
+    ids = [sid for part in parts for sid in part]
+    assert len(ids) == len(set(ids))
+    assert sorted(ids) == sorted(crops.load_role(data.root, "dev", plan, SPEC)["sample_id"])

@@ -57,6 +57,9 @@ def test_train_registers_a_model_with_its_dev_threshold(ray_session, data, track
     client = mlflow.MlflowClient()
     history = client.get_metric_history(summary["run_id"], "dev_loss")
     assert [m.step for m in history] == [0, 1, 2]
+    # samples trained per epoch are summed over both workers: 4 train subjects x 12 crops, the
+    # last batch kept at this size (train.keeps_last_batch)
+    assert [m.value for m in client.get_metric_history(summary["run_id"], "train_samples")] == [48] * 3
     artifacts = {a.path for a in client.list_artifacts(summary["run_id"])}
     assert {"plots", "metrics", "efficiency.json", "data_manifest.json"} <= artifacts
     # the dev rule is said in words; the generalisation report scores every row of the unseen data

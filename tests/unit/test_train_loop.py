@@ -293,3 +293,63 @@ def test_dev_scored_in_rank_slices_and_merged_equals_scoring_it_whole(small_data
     merged_rows, whole_rows = rows(merged), rows(whole)
     assert np.array_equal(merged_rows[0], whole_rows[0]) and merged_rows[2] == whole_rows[2]
     assert np.allclose(merged_rows[1], whole_rows[1], atol=1e-5)  # batches of other rows: float noise only
+
+
+def test_throughput_counts_the_samples_trained_not_the_split_rows():
+    """drop_last leaves each worker's tail out: the rate divides what was trained by the time."""
+    from raypipe.train import _throughput
+
+    history = [{"epoch_seconds": 2.0, "train_samples": 832 * 2}, {"epoch_seconds": 2.0, "train_samples": 832 * 2}]
+    assert _throughput(history, {"nuaa": 1742}) == pytest.approx(832.0)
+    # a history written before train_samples was recorded falls back to the split's rows
+    assert _throughput([{"epoch_seconds": 2.0}], {"nuaa": 1742}) == pytest.approx(871.0)
+    assert _throughput([], {"nuaa": 1742}) == 0.0
+
+
+def _score_uneven_part(rank: int, port: int, rows: int, results) -> None:
+    """One of two gloo ranks: DDP-wrapped AttackNet scores ``rows`` rows in batches of 4."""
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from raypipe.train import _gather_evaluation, evaluate, local_batches, scoring_model
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        model = DistributedDataParallel(create_model("attacknet"))
+        spec = get_spec("attacknet")
+        data = {"image": np.zeros((rows, spec.input_size, spec.input_size, 3), np.uint8),
+                "label": np.arange(rows) % 2, "attack_type": np.array(["print"] * rows, dtype=object)}
+        loss_fn = build_model_and_loss(TrainConfig(data="unused"))[1]
+        result = _gather_evaluation(evaluate(scoring_model(model), local_batches(data, 4), loss_fn,
+                                             build_transforms(spec), torch.device("cpu")))
+        results.put((rank, result["n"]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ranks_scoring_different_numbers_of_dev_batches_do_not_wait_on_each_other():
+    """DDP's forward is a collective (it broadcasts BatchNorm buffers): a rank with one dev batch
+    more than another used to wait for ever. Rank 0 scores 5 rows (2 batches), rank 1 none
+    (a streamed rank without a dev file); both get all 5."""
+    import multiprocessing
+    import socket
+    import time
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    context = multiprocessing.get_context("spawn")
+    results = context.Queue()
+    ranks = [context.Process(target=_score_uneven_part, args=(rank, port, rows, results))
+             for rank, rows in ((0, 5), (1, 0))]
+    for process in ranks:
+        process.start()
+    deadline = time.monotonic() + 90  # both ranks finish in seconds; a deadlock never does
+    for process in ranks:
+        process.join(timeout=max(0.0, deadline - time.monotonic()))
+    alive = [process.is_alive() for process in ranks]
+    for process in ranks:
+        process.kill()
+    assert not any(alive), "a rank is still waiting in a collective"
+    assert sorted(results.get(timeout=5) for _ in ranks) == [(0, 5), (1, 5)]
